@@ -1,0 +1,48 @@
+# plantlib: `make report` builds every report, `make test` runs the tests. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.plantlib-installed
+KERNEL := plantlib
+# JupyterLab refuses to run as root unless told to.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data report test lint format lab bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (plantlib)" >/dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (idempotent)
+
+data: setup ## fetch the built-in dataset when missing (honours PLANTLIB_DATA_SOURCE)
+	$(BIN)/plantlib fetch-data
+
+report: data ## run every notebook headlessly and write HTML reports to artifacts/reports/
+	$(BIN)/plantlib report
+
+test: setup ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff lint + format check (notebooks included)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lab: setup ## start JupyterLab on localhost (no browser) with the plantlib kernel
+	cd notebooks && ../$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 $(ROOT_FLAG)
+
+clean: ## remove generated artifacts and caches (keeps data and .venv)
+	rm -rf artifacts/* data/.cache .pytest_cache .ruff_cache
+	@touch artifacts/.gitkeep

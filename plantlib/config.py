@@ -1,0 +1,211 @@
+"""One validated configuration object for a run.
+
+Notebook parameters, CLI flags and `config.json` all map onto `RunConfig`, so a wrong name or value fails at
+once with a message naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from plantlib.errors import ConfigError
+from plantlib.io import write_json
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "step", "plateau", "onecycle", "none")
+HEADS = ("mlp", "linear")
+FINETUNE_MODES = ("full", "head", "two_stage")
+MONITORS = ("val_loss", "val_accuracy")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides the outcome of a run; saved as `config.json` in its run directory."""
+
+    # data
+    data_dir: str | None = None  # folder with one sub-folder per class; None: the built-in dataset
+    split_file: str | None = None  # split CSV to use; None: data/splits/<dataset>-seed<seed>-....csv
+    new_split: bool = False  # make a fresh split even when a split file exists
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    near_duplicate_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes to group images
+    image_size: int = 224
+    # model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    head: str = "mlp"  # "mlp": Dropout-512-BN-128-BN head; "linear": one Linear layer
+    dropout: float = 0.5
+    # training
+    finetune: str = "full"  # "full", "head" (frozen backbone) or "two_stage" (head first, then everything)
+    head_epochs: int = 2  # epochs of the head-only stage when finetune="two_stage"
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    backbone_lr_factor: float = 0.1  # backbone learning rate = learning_rate * this
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    scheduler: str = "cosine"
+    warmup_epochs: int = 0
+    step_size: int = 7  # StepLR period in epochs
+    gamma: float = 0.1  # StepLR / plateau decay factor
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max gradient norm; None: no clipping
+    early_stopping_patience: int | None = 5  # None: never stop early
+    early_stopping_monitor: str = "val_loss"
+    early_stopping_min_delta: float = 0.0
+    # execution
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"  # "auto": bf16/fp16 autocast where it helps, else fp32
+    num_workers: int = 0
+    output_dir: str | None = None  # where run directories go; None: artifacts/runs
+    fast: bool = False  # smoke run: 1 epoch on a few batches
+    max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    # serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: Path) -> None:
+        write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a mapping; an unknown key is an error that suggests the closest valid name."""
+        check_known_names(values)
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        check_known_names(changes)
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+def check_known_names(values: dict[str, Any]) -> None:
+    """Fail on names that are not config fields (papermill itself only warns on them)."""
+    valid = field_names()
+    unknown = [name for name in values if name not in valid]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise ConfigError(f"unknown config field {', '.join(hints)}; valid fields: {', '.join(valid)}")
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
+    if origin is not None:
+        return (origin,)
+    return (type(None),) if annotation is type(None) else (annotation,)
+
+
+def _check_types(config: RunConfig) -> None:
+    hints = typing.get_type_hints(RunConfig)
+    for item in fields(config):
+        value = getattr(config, item.name)
+        allowed = _allowed_types(hints[item.name])
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, item.name, float(value))
+            continue
+        if isinstance(value, Path) and str in allowed:
+            setattr(config, item.name, str(value))
+            continue
+        is_bool = isinstance(value, bool)
+        ok = any(isinstance(value, t) and (t is bool or not is_bool) for t in allowed)
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"{item.name}={value!r} has type {type(value).__name__}; expected {names}")
+
+
+def _require(condition: bool, name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}={value!r} is not allowed; {allowed}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, name, value, f"choose one of: {', '.join(choices)}")
+
+
+def _check_values(c: RunConfig) -> None:
+    _check_choice("optimizer", c.optimizer, OPTIMIZERS)
+    _check_choice("scheduler", c.scheduler, SCHEDULERS)
+    _check_choice("head", c.head, HEADS)
+    _check_choice("finetune", c.finetune, FINETUNE_MODES)
+    _check_choice("early_stopping_monitor", c.early_stopping_monitor, MONITORS)
+    _check_choice("device", c.device.split(":")[0], DEVICES)
+    _check_choice("precision", c.precision, PRECISIONS)
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(c, name)
+        _require(0.0 < value < 1.0, name, value, "use a fraction between 0 and 1 (exclusive)")
+    total = c.val_fraction + c.test_fraction
+    _require(
+        total < 1.0,
+        "val_fraction + test_fraction",
+        round(total, 6),
+        "the two must add up to less than 1 so images are left to train on",
+    )
+    _require(
+        0 <= c.near_duplicate_distance <= 32,
+        "near_duplicate_distance",
+        c.near_duplicate_distance,
+        "use 0 (exact perceptual match) to 32",
+    )
+    _require(c.image_size >= 32, "image_size", c.image_size, "use 32 pixels or more (224 is the default)")
+    _require(c.epochs >= 1, "epochs", c.epochs, "use 1 or more")
+    _require(c.head_epochs >= 0, "head_epochs", c.head_epochs, "use 0 or more")
+    _require(c.batch_size >= 1, "batch_size", c.batch_size, "use 1 or more")
+    _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "use a positive number such as 1e-3")
+    _require(c.backbone_lr_factor > 0, "backbone_lr_factor", c.backbone_lr_factor, "use a positive number")
+    _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "use 0 or more")
+    _require(0 <= c.momentum < 1, "momentum", c.momentum, "use a value in [0, 1)")
+    _require(0 <= c.dropout < 1, "dropout", c.dropout, "use a probability in [0, 1)")
+    _require(c.warmup_epochs >= 0, "warmup_epochs", c.warmup_epochs, "use 0 or more")
+    _require(c.step_size >= 1, "step_size", c.step_size, "use 1 or more")
+    _require(0 < c.gamma <= 1, "gamma", c.gamma, "use a factor in (0, 1]")
+    _require(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "use a value in [0, 1)")
+    _require(c.grad_clip is None or c.grad_clip > 0, "grad_clip", c.grad_clip, "use a positive norm or None")
+    patience = c.early_stopping_patience
+    _require(patience is None or patience >= 1, "early_stopping_patience", patience, "use 1 or more, or None")
+    _require(
+        c.early_stopping_min_delta >= 0,
+        "early_stopping_min_delta",
+        c.early_stopping_min_delta,
+        "use 0 or more",
+    )
+    _require(c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more")
+    _require(c.max_batches is None or c.max_batches >= 1, "max_batches", c.max_batches, "use 1 or more, or None")
+    _require(c.seed >= 0, "seed", c.seed, "use a non-negative integer")

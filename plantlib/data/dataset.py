@@ -1,0 +1,150 @@
+"""Datasets, transforms and loaders: images decoded once per process, augmented on the fly, seeded."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from plantlib.data.images import load_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The mean/std a backbone's weights were trained with; travels inside checkpoints."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def resize_side(image_size: int) -> int:
+    """Shorter side images are resized to before the centre crop (256 for 224, the usual ratio)."""
+    return round(image_size * 256 / 224)
+
+
+def train_transform(image_size: int = 224, norm: Normalization = Normalization()) -> v2.Compose:
+    """Augmentation of the original design: crops, flips, rotation +-30 degrees, affine and colour jitter."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(30),
+            v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.95, 1.05), shear=5),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(norm.mean, norm.std),
+        ]
+    )
+
+
+def eval_transform(image_size: int = 224, norm: Normalization = Normalization()) -> v2.Compose:
+    """Deterministic: resize the shorter side, centre crop, normalise."""
+    return v2.Compose(
+        [
+            v2.Resize(resize_side(image_size), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(norm.mean, norm.std),
+        ]
+    )
+
+
+class DecodedImageCache:
+    """Decoded, downsized uint8 images kept in memory so no JPEG is decoded twice in a process.
+
+    Images are stored with their shorter side at most `max_side` pixels (enough for any crop of the
+    configured size), as CHW uint8 tensors that the v2 transforms take directly.
+    """
+
+    def __init__(self, max_side: int) -> None:
+        self.max_side = max_side
+        self._images: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() for t in self._images.values())
+
+    def get(self, path: Path) -> torch.Tensor:
+        key = str(path)
+        image = self._images.get(key)
+        if image is None:
+            image = self._images[key] = self._decode(Path(path))
+        return image
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        rgb, _ = load_rgb(path)
+        shorter = min(rgb.size)
+        if shorter > self.max_side:
+            scale = self.max_side / shorter
+            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), resample=3)
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label index) pairs for a list of files."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        transform: v2.Compose,
+        cache: DecodedImageCache,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(label) for label in labels]
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.cache.get(self.paths[index])), self.labels[index]
+
+    def warm_cache(self) -> None:
+        """Decode every image now (before worker processes fork, so they share the decoded pixels)."""
+        for path in self.paths:
+            self.cache.get(path)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker numpy/random seeds derived from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds follow `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker if num_workers else None,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )

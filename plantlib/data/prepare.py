@@ -1,0 +1,107 @@
+"""One call from a config to ready-to-use data: fetched, scanned, de-duplicated, split, reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from plantlib.config import RunConfig
+from plantlib.data.duplicates import DuplicateReport, find_duplicates
+from plantlib.data.fetch import dataset_is_complete, fetch_dataset
+from plantlib.data.scan import ScanResult, scan_dataset
+from plantlib.data.split import check_split_matches, default_split_file, load_split, make_split, save_split
+from plantlib.io import write_json
+from plantlib.paths import builtin_data_dir, data_root
+
+
+@dataclass
+class PreparedData:
+    """Everything a run or notebook needs to know about its data."""
+
+    data_dir: Path
+    classes: list[str]
+    scan: ScanResult
+    duplicates: DuplicateReport
+    split: pd.DataFrame  # path, label, split, group
+    split_file: Path
+    split_was_new: bool
+    report_file: Path
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """Rows of one split (`train`, `val` or `test`) with absolute paths and label indices."""
+        rows = self.split[self.split["split"] == split].copy()
+        rows["file"] = [self.data_dir / p for p in rows["path"]]
+        rows["target"] = rows["label"].map({c: i for i, c in enumerate(self.classes)})
+        return rows.reset_index(drop=True)
+
+    def report(self) -> dict[str, Any]:
+        """The data report: counts, skipped files with reasons, duplicate groups, split sizes."""
+        return data_report(self)
+
+
+def resolve_data_dir(config: RunConfig) -> Path:
+    """The configured folder, or the built-in dataset (fetched first when any file is missing)."""
+    if config.data_dir is not None:
+        return Path(config.data_dir).expanduser()
+    target = builtin_data_dir()
+    if not dataset_is_complete(target):
+        print(fetch_dataset(target).summary())
+    return target
+
+
+def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
+    """Fetch (built-in data only), scan, group duplicates and load or make the split for `config`."""
+    data_dir = resolve_data_dir(config)
+    scan = scan_dataset(data_dir, show_progress=show_progress)
+    images = scan.images
+    duplicates = find_duplicates(images, max_distance=config.near_duplicate_distance)
+    split_file = (
+        Path(config.split_file)
+        if config.split_file
+        else default_split_file(data_dir, config.seed, config.val_fraction, config.test_fraction)
+    )
+    is_new = config.new_split or not split_file.is_file()
+    if is_new:
+        split = make_split(images, duplicates.group_of, config.val_fraction, config.test_fraction, config.seed)
+        save_split(split, split_file)
+    else:
+        split = load_split(split_file)
+        check_split_matches(split, images, split_file)
+    prepared = PreparedData(
+        data_dir=data_dir,
+        classes=scan.classes,
+        scan=scan,
+        duplicates=duplicates,
+        split=split,
+        split_file=split_file,
+        split_was_new=is_new,
+        report_file=data_root() / "reports" / f"{split_file.stem}-data-report.json",
+    )
+    write_json(prepared.report_file, data_report(prepared))
+    return prepared
+
+
+def data_report(prepared: PreparedData) -> dict[str, Any]:
+    scan, dups, split = prepared.scan, prepared.duplicates, prepared.split
+    crossing = [g for g in dups.near_groups if split.loc[split["path"].isin(g), "split"].nunique() > 1]
+    return {
+        "data_dir": str(prepared.data_dir),
+        "classes": prepared.classes,
+        "files_seen": len(scan.records),
+        "usable_images": len(scan.images),
+        "class_counts": scan.class_counts(),
+        "skipped": scan.skipped.to_dict(orient="records"),
+        "exact_duplicate_groups": dups.exact_groups,
+        "near_duplicate_groups": dups.near_groups,
+        "near_duplicate_distance": dups.max_distance,
+        "duplicates_summary": dups.summary(),
+        "split_file": str(prepared.split_file),
+        "split_counts": {
+            s: {str(k): int(v) for k, v in split[split["split"] == s]["label"].value_counts().items()}
+            for s in ("train", "val", "test")
+        },
+        "groups_crossing_splits": crossing,
+    }

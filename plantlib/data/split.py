@@ -1,0 +1,110 @@
+"""Stratified train/val/test split that keeps near-duplicate groups whole, saved as a CSV and reused."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plantlib.errors import DataError
+from plantlib.io import atomic_write
+from plantlib.paths import project_root, splits_dir
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ("path", "label", "split", "group")
+
+
+def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_fraction: float) -> Path:
+    """`data/splits/<folder>-<where>-seed<seed>-<train>-<val>-<test>.csv`; stable across clones."""
+    data_dir = Path(data_dir).resolve()
+    try:
+        where = data_dir.relative_to(project_root()).as_posix()
+    except ValueError:
+        where = str(data_dir)
+    key = hashlib.sha1(where.encode()).hexdigest()[:6]
+    train = 1 - val_fraction - test_fraction
+    shares = "-".join(f"{round(f * 100):g}" for f in (train, val_fraction, test_fraction))
+    return splits_dir() / f"{data_dir.name}-{key}-seed{seed}-{shares}.csv"
+
+
+def _targets(count: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    val = round(count * val_fraction)
+    test = round(count * test_fraction)
+    return {"train": count - val - test, "val": val, "test": test}
+
+
+def make_split(
+    images: pd.DataFrame,
+    group_of: dict[str, int],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Assign every image to a split: per class, whole groups go where the target count is furthest off.
+
+    Shuffling is seeded, so the same seed and images give the same split. A group whose images carry
+    different labels is placed by its most common label (the data report lists such conflicts).
+    """
+    frame = images[["path", "label"]].copy()
+    frame["group"] = frame["path"].map(group_of).astype(int)
+    rng = np.random.default_rng(seed)
+    assignment: dict[int, str] = {}
+    group_label = frame.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+    group_size = frame.groupby("group").size()
+    for label in sorted(frame["label"].unique()):
+        group_ids = group_label[group_label == label].index.to_numpy()
+        group_ids = group_ids[rng.permutation(len(group_ids))]
+        # Big groups first, so the singletons at the end can even out the counts exactly.
+        group_ids = sorted(group_ids, key=lambda g: -group_size[g])
+        targets = _targets(int(group_size[group_ids].sum()), val_fraction, test_fraction)
+        filled = dict.fromkeys(SPLITS, 0)
+        for group in group_ids:
+            split = max(SPLITS, key=lambda s: (targets[s] - filled[s]) / max(targets[s], 1))
+            assignment[group] = split
+            filled[split] += int(group_size[group])
+    frame["split"] = frame["group"].map(assignment)
+    return frame[list(SPLIT_COLUMNS)].sort_values(["split", "label", "path"]).reset_index(drop=True)
+
+
+def save_split(split: pd.DataFrame, path: Path) -> None:
+    atomic_write(Path(path), lambda handle: split.to_csv(handle, index=False, lineterminator="\n"))
+
+
+def load_split(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        split = pd.read_csv(path, dtype={"path": str, "label": str, "split": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"split file {path} cannot be read ({error}); delete it or pass new_split=True") from error
+    missing = set(SPLIT_COLUMNS) - set(split.columns)
+    bad = set(split.get("split", pd.Series(dtype=str)).unique()) - set(SPLITS)
+    if missing or bad:
+        raise DataError(
+            f"split file {path} is not a plantlib split (missing columns {sorted(missing)}, unknown splits "
+            f"{sorted(bad)}); delete it or pass new_split=True"
+        )
+    return split
+
+
+def check_split_matches(split: pd.DataFrame, images: pd.DataFrame, path: Path) -> None:
+    """A saved split must describe exactly the usable images of the folder, or it is stale."""
+    saved = set(zip(split["path"], split["label"], strict=True))
+    current = set(zip(images["path"], images["label"], strict=True))
+    if saved == current:
+        return
+    gone, new = saved - current, current - saved
+    example = next(iter(sorted(gone or new)))[0]
+    raise DataError(
+        f"split file {path} does not match the images in the data folder ({len(gone)} listed images are gone "
+        f"or unusable, {len(new)} images are new, e.g. {example}); make a new split with new_split=True "
+        "(CLI: --new-split) or restore the images"
+    )
+
+
+def split_counts(split: pd.DataFrame) -> pd.DataFrame:
+    """Images per split and class, with totals: the table notebooks and reports show."""
+    table = pd.crosstab(split["split"], split["label"], margins=True, margins_name="total")
+    order = [s for s in (*SPLITS, "total") if s in table.index]
+    return table.loc[order]

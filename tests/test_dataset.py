@@ -1,0 +1,60 @@
+"""Transforms, the decoded-image cache and seeded loaders."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from plantlib.data import DecodedImageCache, ImageDataset, eval_transform, make_loader, train_transform
+from plantlib.data import dataset as dataset_module
+
+
+def _dataset(root: Path, transform, cache=None) -> ImageDataset:
+    files = sorted(root.rglob("*.jpg"))
+    labels = [0 if f.parent.name == "cat" else 1 for f in files]
+    return ImageDataset(files, labels, transform, cache or DecodedImageCache(max_side=64))
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_transforms_give_normalised_float_tensors_of_the_asked_size(tiny_dataset: Path, size: int) -> None:
+    for transform in (train_transform(size), eval_transform(size)):
+        image, label = _dataset(tiny_dataset, transform)[0]
+        assert image.shape == (3, size, size) and image.dtype == torch.float32
+        assert label == 0
+        assert -3 < image.mean().item() < 3 and image.std().item() > 0.05
+
+
+def test_eval_is_deterministic_and_train_augmentation_follows_the_seed(tiny_dataset: Path) -> None:
+    evaluation = _dataset(tiny_dataset, eval_transform(32))
+    assert torch.equal(evaluation[3][0], evaluation[3][0])
+    training = _dataset(tiny_dataset, train_transform(32))
+    torch.manual_seed(0)
+    first = training[3][0]
+    torch.manual_seed(0)
+    again = training[3][0]
+    torch.manual_seed(1)
+    other = training[3][0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_each_image_is_decoded_once_per_process(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[Path] = []
+    real = dataset_module.load_rgb
+    monkeypatch.setattr(dataset_module, "load_rgb", lambda p: decoded.append(p) or real(p))
+    cache = DecodedImageCache(max_side=40)
+    data = _dataset(tiny_dataset, train_transform(32), cache)
+    for _ in range(3):
+        for _batch in make_loader(data, batch_size=5, shuffle=True, seed=0):
+            pass
+    assert len(decoded) == len(data) == 24
+    assert min(cache.get(data.paths[0]).shape[1:]) == 40  # stored downsized
+
+
+def test_loader_order_follows_the_seed(tiny_dataset: Path) -> None:
+    data = _dataset(tiny_dataset, eval_transform(32))
+
+    def order(seed: int) -> list[int]:
+        return [int(y) for _, labels in make_loader(data, 4, shuffle=True, seed=seed) for y in labels]
+
+    assert order(3) == order(3)
+    assert [order(s) for s in range(4)] != [order(3)] * 4
