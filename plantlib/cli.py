@@ -6,9 +6,13 @@ User mistakes (a `PlantlibError`) print one line on stderr and exit with status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from plantlib.errors import PlantlibError
 
@@ -47,6 +51,87 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from plantlib.config import RunConfig, field_names
+    from plantlib.evaluate import format_metrics
+    from plantlib.train import Trainer
+
+    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if args.resume:
+        if overrides:
+            raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
+        trainer = Trainer.resume(args.resume)
+    else:
+        base = RunConfig.from_json(args.config) if args.config else RunConfig()
+        trainer = Trainer(base.replace(**overrides))
+    result = trainer.fit()
+    print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
+    if result.test_metrics:
+        print("test split: " + format_metrics(result.test_metrics))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from plantlib.evaluate import format_metrics
+    from plantlib.inference import evaluate_folder, evaluate_split, load_model
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    if args.data_dir:
+        metrics, _ = evaluate_folder(loaded, Path(args.data_dir), Path(args.out_dir) if args.out_dir else None)
+        where = args.data_dir
+    else:
+        metrics, _ = evaluate_split(loaded, args.split)
+        where = f"{args.split} split"
+    print(f"{loaded.checkpoint_path} on {where}:\n{format_metrics(metrics)}")
+    for kind, path in metrics.get("files", {}).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from plantlib.inference import load_model, predict_files
+    from plantlib.io import atomic_write
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    frame = predict_files(loaded, [Path(p) for p in args.paths], batch_size=args.batch_size)
+    frame = frame.drop(columns=["confidence"])
+    if args.out:
+        atomic_write(Path(args.out), lambda handle: frame.to_csv(handle, index=False))
+        print(f"wrote {len(frame)} predictions to {args.out}")
+    else:
+        print(frame.to_csv(index=False), end="")
+    return 0
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One --flag per RunConfig field; only flags actually given override the config."""
+    from plantlib.config import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    for item in dataclasses.fields(RunConfig):
+        if item.name == "extra":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
+        kinds = [t for t in typing.get_args(hints[item.name]) if t is not type(None)] or [hints[item.name]]
+        if kinds[0] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(
+                flag, type=_parser_for(kinds[0]), default=argparse.SUPPRESS, help=help_text, metavar=item.name.upper()
+            )
+
+
+def _parser_for(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.lower() == "none":
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plantlib", description="Train, evaluate and compare transfer-learning image classifiers."
@@ -72,11 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="max perceptual-hash distance for near-duplicates (default: 6)",
     )
     scan.set_defaults(run=_cmd_scan)
+
+    train = commands.add_parser("train", help="train one run; writes artifacts/runs/<time>-<backbone>/")
+    train.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    _add_config_options(train)
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
+    evaluate.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
+    where = evaluate.add_mutually_exclusive_group()
+    where.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the run's data")
+    where.add_argument("--data-dir", help="folder-per-class directory to evaluate on instead (an external set)")
+    evaluate.add_argument("--out-dir", help="where metrics and predictions go (default: inside the run dir)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="class probabilities for image files or folders")
+    predict.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
+    predict.add_argument("paths", nargs="+", help="image files or folders of images")
+    predict.add_argument("--out", help="CSV to write (path, predicted, p_<class>...); default: print")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    predict.set_defaults(run=_cmd_predict)
     return parser
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    return f"warning: {message}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _show_warning  # one readable line instead of a source location
     try:
         return args.run(args)
     except PlantlibError as error:

@@ -27,51 +27,60 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with a help text (used by the CLI's --help)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunConfig:
     """Everything that decides the outcome of a run; saved as `config.json` in its run directory."""
 
     # data
-    data_dir: str | None = None  # folder with one sub-folder per class; None: the built-in dataset
-    split_file: str | None = None  # split CSV to use; None: data/splits/<dataset>-seed<seed>-....csv
-    new_split: bool = False  # make a fresh split even when a split file exists
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    near_duplicate_distance: int = 6  # max Hamming distance of 64-bit perceptual hashes to group images
-    image_size: int = 224
+    data_dir: str | None = option(None, "folder with one sub-folder per class; None: the built-in dataset")
+    split_file: str | None = option(None, "split CSV to use; None: data/splits/<dataset>-seed<seed>-....csv")
+    new_split: bool = option(False, "make a fresh split even when a split file exists")
+    val_fraction: float = option(0.15, "share of each class held out for validation")
+    test_fraction: float = option(0.15, "share of each class held out for the final test")
+    near_duplicate_distance: int = option(6, "max Hamming distance of 64-bit perceptual hashes that groups images")
+    image_size: int = option(224, "side of the square input images in pixels")
     # model
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    head: str = "mlp"  # "mlp": Dropout-512-BN-128-BN head; "linear": one Linear layer
-    dropout: float = 0.5
+    backbone: str = option(
+        "efficientnet_lite0", "pretrained feature extractor (see `plantlib.models.backbone_names()`)"
+    )
+    pretrained: bool = option(True, "start from ImageNet weights")
+    head: str = option("mlp", "'mlp': Dropout-512-BN-128-BN head; 'linear': one Linear layer")
+    dropout: float = option(0.5, "dropout before the head's first layer")
     # training
-    finetune: str = "full"  # "full", "head" (frozen backbone) or "two_stage" (head first, then everything)
-    head_epochs: int = 2  # epochs of the head-only stage when finetune="two_stage"
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    backbone_lr_factor: float = 0.1  # backbone learning rate = learning_rate * this
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # SGD only
-    scheduler: str = "cosine"
-    warmup_epochs: int = 0
-    step_size: int = 7  # StepLR period in epochs
-    gamma: float = 0.1  # StepLR / plateau decay factor
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None  # max gradient norm; None: no clipping
-    early_stopping_patience: int | None = 5  # None: never stop early
-    early_stopping_monitor: str = "val_loss"
-    early_stopping_min_delta: float = 0.0
+    finetune: str = option("full", "'full', 'head' (frozen backbone) or 'two_stage' (head first, then everything)")
+    head_epochs: int = option(2, "epochs of the head-only stage when finetune='two_stage'")
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(32, "images per training step")
+    optimizer: str = option("adam", "'adam', 'adamw' or 'sgd'")
+    learning_rate: float = option(1e-3, "learning rate of the head")
+    backbone_lr_factor: float = option(0.1, "backbone learning rate = learning_rate * this")
+    weight_decay: float = option(0.0, "L2 penalty (decoupled for adamw)")
+    momentum: float = option(0.9, "SGD momentum")
+    scheduler: str = option("cosine", "'cosine', 'step', 'plateau', 'onecycle' or 'none'")
+    warmup_epochs: int = option(0, "linear learning-rate warm-up (cosine and step schedules)")
+    step_size: int = option(7, "StepLR period in epochs")
+    gamma: float = option(0.1, "StepLR / plateau decay factor")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing")
+    grad_clip: float | None = option(None, "max gradient norm; None: no clipping")
+    early_stopping_patience: int | None = option(
+        5, "epochs without improvement before stopping; None: never stop early"
+    )
+    early_stopping_monitor: str = option("val_loss", "'val_loss' or 'val_accuracy'")
+    early_stopping_min_delta: float = option(0.0, "smallest change that counts as an improvement")
     # execution
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"  # "auto": bf16/fp16 autocast where it helps, else fp32
-    num_workers: int = 0
-    output_dir: str | None = None  # where run directories go; None: artifacts/runs
-    fast: bool = False  # smoke run: 1 epoch on a few batches
-    max_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
+    seed: int = option(42, "fixes split, augmentation and initialisation")
+    device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
+    precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
+    num_workers: int = option(0, "DataLoader worker processes")
+    output_dir: str | None = option(None, "where run directories go; None: artifacts/runs")
+    fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
+    max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes recorded with the run"})
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -1,0 +1,342 @@
+"""Predictions, metrics with confidence intervals, calibration, and report tables for a trained classifier.
+
+Everything here works on plain arrays (labels as class indices, probabilities as an (N, C) array) so the
+trainer, the CLI and the notebooks share one definition of every number they print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+from torch.utils.data import DataLoader
+
+from plantlib.io import atomic_write, write_json
+
+# Rows must sum to one within this before metrics trust them; anything further off is probably logits.
+_PROBABILITY_TOLERANCE = 1e-3
+# Resamples drawn at once in the bootstrap, scaled by n, so memory stays small for large test sets.
+_BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
+
+
+def predict_probabilities(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N, C) as float64, in loader order.
+
+    The loader yields `(images, targets)` batches (or bare image tensors). `autocast_dtype` runs the
+    forward pass under autocast (bfloat16 on CPU, float16 on CUDA); the softmax itself is always float32.
+    The model's train/eval mode is restored afterwards so a trainer can call this mid-fit.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                images = batch[0] if isinstance(batch, (list, tuple)) else batch
+                images = images.to(device, non_blocking=True)
+                autocast = (
+                    torch.autocast(device_type=device.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
+                with autocast:
+                    logits = model(images)
+                chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("the loader yielded no batches; check that the split it reads is not empty")
+    probs = torch.cat(chunks).double()
+    # Renormalise in float64 so rows sum to 1 to machine precision (sklearn warns otherwise).
+    return (probs / probs.sum(dim=1, keepdim=True)).numpy()
+
+
+def _check_inputs(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and values once, so every metric below can assume clean inputs."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be a non-empty (N, C) array; got shape {probs.shape}")
+    if probs.shape[1] != len(class_names):
+        raise ValueError(
+            f"probs has {probs.shape[1]} columns but {len(class_names)} class names were given "
+            f"({class_names}); pass one name per model output"
+        )
+    if probs.shape[1] < 2:
+        raise ValueError(f"need at least two classes; got {class_names}")
+    if y_true.shape != (probs.shape[0],):
+        raise ValueError(f"y_true must have shape ({probs.shape[0]},) to match probs; got {y_true.shape}")
+    if not np.issubdtype(y_true.dtype, np.integer):
+        if not np.all(np.mod(y_true, 1) == 0):
+            raise ValueError("y_true must hold class indices (integers), not names or scores")
+        y_true = y_true.astype(np.int64)
+    if y_true.min() < 0 or y_true.max() >= len(class_names):
+        raise ValueError(f"y_true holds class indices outside 0..{len(class_names) - 1}: {np.unique(y_true)}")
+    sums = probs.sum(axis=1)
+    if probs.min() < 0 or probs.max() > 1 or np.abs(sums - 1).max() > _PROBABILITY_TOLERANCE:
+        raise ValueError(
+            "probs rows must be probabilities in [0, 1] summing to 1 "
+            f"(row sums range {sums.min():.4g}..{sums.max():.4g}); apply softmax to logits first"
+        )
+    return y_true, probs / sums[:, None]
+
+
+def expected_calibration_error(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10
+) -> tuple[float, dict[str, list]]:
+    """ECE over top-1 confidence with equal-width bins, plus the per-bin table a reliability diagram draws.
+
+    Bins are (lower, upper], the first one closed at 0. Empty bins report None for confidence and accuracy.
+    ECE is the count-weighted mean gap |accuracy - confidence|: 0 when the model is as sure as it is right.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1; got {n_bins}")
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=n_bins)
+    correct_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    filled = counts > 0
+    mean_conf = np.divide(conf_sum, counts, out=np.zeros(n_bins), where=filled)
+    mean_acc = np.divide(correct_sum, counts, out=np.zeros(n_bins), where=filled)
+    ece = float(np.sum(counts * np.abs(mean_acc - mean_conf)) / max(len(confidence), 1))
+    reliability = {
+        "bin_lower": [float(x) for x in edges[:-1]],
+        "bin_upper": [float(x) for x in edges[1:]],
+        "confidence": [float(c) if f else None for c, f in zip(mean_conf, filled, strict=True)],
+        "accuracy": [float(a) if f else None for a, f in zip(mean_acc, filled, strict=True)],
+        "count": [int(c) for c in counts],
+    }
+    return ece, reliability
+
+
+def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Binary: AUC of class 1. Multiclass: macro one-vs-rest over classes present in y_true.
+
+    sklearn's own multiclass OvR fails when a class is absent from y_true, so classes without both
+    positives and negatives are left out of the average rather than crashing the evaluation.
+    """
+    if np.unique(y_true).size < 2:
+        return None
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true, probs[:, 1]))
+    scores = [
+        roc_auc_score(y_true == k, probs[:, k]) for k in range(probs.shape[1]) if 0 < np.sum(y_true == k) < len(y_true)
+    ]
+    return float(np.mean(scores))
+
+
+def _bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_bootstrap: int, seed: int
+) -> dict[str, list[float] | None]:
+    """95% percentile intervals for accuracy and macro F1 by resampling test images with replacement.
+
+    Each resample is reduced to a confusion matrix with one vectorised bincount, so 1000 resamples of a
+    few thousand images take milliseconds. Macro F1 averages the classes present in each resample (in
+    its labels or predictions), as `compute_metrics` does for the point estimate.
+    """
+    if n_bootstrap < 1:
+        return {"accuracy": None, "f1_macro": None}
+    n = len(y_true)
+    cells = n_classes * n_classes
+    code = y_true * n_classes + y_pred
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
+    accuracy, f1_macro = [], []
+    for start in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - start)
+        picks = code[rng.integers(0, n, size=(size, n))]
+        flat = (picks + (np.arange(size) * cells)[:, None]).ravel()
+        matrices = np.bincount(flat, minlength=size * cells).reshape(size, n_classes, n_classes)
+        tp = np.diagonal(matrices, axis1=1, axis2=2).astype(np.float64)
+        denominator = matrices.sum(axis=1) + matrices.sum(axis=2)  # predicted + true = 2tp + fp + fn
+        seen = denominator > 0
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=seen)
+        accuracy.append(tp.sum(axis=1) / n)
+        f1_macro.append(f1.sum(axis=1) / seen.sum(axis=1))
+    return {
+        name: [float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5])]
+        for name, values in (("accuracy", accuracy), ("f1_macro", f1_macro))
+    }
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every number a report needs, as a JSON-serialisable dict.
+
+    Predictions are the argmax of `probs`. `per_class` and the confusion matrices cover every class (zeros
+    for one that never occurs); precision, recall and F1 are macro averages over the classes that occur in
+    y_true or the predictions. `ci95` comes from a seeded bootstrap so reruns print identical intervals,
+    and `roc_auc` is None when y_true has a single class.
+    """
+    y_true, probs = _check_inputs(y_true, probs, class_names)
+    n_classes = len(class_names)
+    labels = list(range(n_classes))
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    # Macro averages cover the classes seen in y_true or the predictions (sklearn's default label set):
+    # a class that never occurs says nothing about the model and would otherwise count as an F1 of 0.
+    seen = np.isin(labels, np.union1d(y_true, y_pred))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    normalized = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
+    ece, reliability = expected_calibration_error(y_true, probs)
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(np.mean(precision[seen])),
+        "recall": float(np.mean(recall[seen])),
+        "f1": float(np.mean(f1[seen])),
+        "per_class": {
+            name: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
+            for k, name in enumerate(class_names)
+        },
+        "roc_auc": _roc_auc(y_true, probs),
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "confusion_matrix_normalized": normalized.tolist(),
+        "classification_report": classification_report(
+            y_true, y_pred, labels=labels, target_names=list(class_names), digits=3, zero_division=0
+        ),
+        "ci95": _bootstrap_ci(y_true, y_pred, n_classes, n_bootstrap, seed),
+        "bootstrap": {"resamples": int(n_bootstrap), "seed": int(seed)},
+        "ece": ece,
+        "reliability": reliability,
+        "log_loss": float(log_loss(y_true, probs, labels=labels)),
+        "class_names": list(class_names),
+    }
+
+
+def predictions_frame(
+    paths: list[str], y_true: np.ndarray | None, probs: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
+    """One row per image: path, true and predicted class names, confidence, correct, and `p_<class>` columns.
+
+    Without labels (plain prediction on new images) the `true` and `correct` columns are left out.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"probs must have shape (N, {len(class_names)}) for classes {class_names}; got {probs.shape}")
+    if len(paths) != len(probs):
+        raise ValueError(f"got {len(paths)} paths for {len(probs)} rows of probabilities; pass one path per image")
+    names = np.asarray(class_names, dtype=object)
+    predicted = probs.argmax(axis=1)
+    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    if y_true is not None:
+        y_true = np.asarray(y_true, dtype=np.int64)
+        if y_true.shape != (len(probs),):
+            raise ValueError(f"y_true must have shape ({len(probs)},); got {y_true.shape}")
+        frame["true"] = names[y_true]
+    frame["predicted"] = names[predicted]
+    frame["confidence"] = probs.max(axis=1)
+    if y_true is not None:
+        frame["correct"] = predicted == y_true
+    for k, name in enumerate(class_names):
+        frame[f"p_{name}"] = probs[:, k]
+    return frame
+
+
+def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
+    """Wrong predictions, most confidently wrong first: the images worth looking at (label noise, hard cases)."""
+    if "correct" not in frame.columns:
+        raise ValueError("the predictions frame has no 'correct' column; build it with true labels (y_true)")
+    wrong = frame[~frame["correct"].astype(bool)]
+    return wrong.sort_values("confidence", ascending=False, kind="stable")
+
+
+def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: str = "test") -> dict[str, Path]:
+    """Write `<prefix>_metrics.json` and `<prefix>_predictions.csv` atomically; return their paths."""
+    out_dir = Path(out_dir)
+    paths = {
+        "metrics": out_dir / f"{prefix}_metrics.json",
+        "predictions": out_dir / f"{prefix}_predictions.csv",
+    }
+    write_json(paths["metrics"], metrics)
+    atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))
+    return paths
+
+
+def _interval(metrics: dict, key: str) -> list[float] | None:
+    ci = (metrics.get("ci95") or {}).get(key)
+    return list(ci) if ci is not None else None
+
+
+def _with_ci(value: float, ci: list[float] | None) -> str:
+    return f"{value:.3f}" if ci is None else f"{value:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
+
+
+def format_metrics(metrics: dict) -> str:
+    """A headline line plus sklearn's classification report, for printing in a terminal or log."""
+    parts = [
+        f"accuracy {_with_ci(metrics['accuracy'], _interval(metrics, 'accuracy'))}",
+        f"F1 {_with_ci(metrics['f1'], _interval(metrics, 'f1_macro'))}",
+    ]
+    if metrics.get("roc_auc") is not None:
+        parts.append(f"ROC AUC {metrics['roc_auc']:.3f}")
+    if metrics.get("ece") is not None:
+        parts.append(f"ECE {metrics['ece']:.3f}")
+    if metrics.get("log_loss") is not None:
+        parts.append(f"log loss {metrics['log_loss']:.3f}")
+    parts.append(f"n={metrics['n']}")
+    lines = [" · ".join(parts)]
+    if metrics.get("classification_report"):
+        lines += ["", metrics["classification_report"].rstrip()]
+    return "\n".join(lines)
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """Headline metrics as tidy rows (metric, value, ci_low, ci_high) for notebooks and comparisons."""
+    rows = []
+    for metric, key, ci_key in (
+        ("accuracy", "accuracy", "accuracy"),
+        ("precision_macro", "precision", None),
+        ("recall_macro", "recall", None),
+        ("f1_macro", "f1", "f1_macro"),
+        ("roc_auc", "roc_auc", None),
+        ("ece", "ece", None),
+        ("log_loss", "log_loss", None),
+    ):
+        value = metrics.get(key)
+        ci = _interval(metrics, ci_key) if ci_key else None
+        rows.append(
+            {
+                "metric": metric,
+                "value": np.nan if value is None else float(value),
+                "ci_low": np.nan if ci is None else ci[0],
+                "ci_high": np.nan if ci is None else ci[1],
+            }
+        )
+    return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high"])

@@ -1,0 +1,160 @@
+"""Use a checkpoint: predict image files, evaluate a split of its run, or evaluate another labelled folder."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from plantlib.checkpoint import CheckpointError, load_checkpoint
+from plantlib.config import RunConfig
+from plantlib.data import DataWarning, DecodedImageCache, ImageDataset, Normalization, eval_transform, make_loader
+from plantlib.data.dataset import resize_side
+from plantlib.data.images import ImageDecodeError, is_image_name, load_rgb
+from plantlib.data.prepare import prepare_data
+from plantlib.data.scan import scan_dataset
+from plantlib.errors import DataError
+from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
+from plantlib.models import Classifier, build_model
+from plantlib.runs import read_run_info
+from plantlib.runtime import autocast_dtype, resolve_device
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint with everything needed to feed it correctly."""
+
+    model: Classifier
+    class_names: list[str]
+    image_size: int
+    normalization: Normalization
+    config: RunConfig
+    checkpoint_path: Path
+    device: torch.device
+    dtype: torch.dtype | None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint_path.parent
+
+    def loader(
+        self, files: Sequence[Path], targets: Sequence[int], batch_size: int = 32
+    ) -> torch.utils.data.DataLoader:
+        cache = DecodedImageCache(max_side=resize_side(self.image_size))
+        dataset = ImageDataset(files, targets, eval_transform(self.image_size, self.normalization), cache)
+        return make_loader(dataset, batch_size, shuffle=False, seed=0)
+
+    def probabilities(self, files: Sequence[Path], batch_size: int = 32) -> np.ndarray:
+        loader = self.loader(files, [0] * len(files), batch_size)
+        return predict_probabilities(self.model, loader, self.device, self.dtype)
+
+
+def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+    """Rebuild the classifier stored in `checkpoint` (a .pt file or a run directory)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    payload = load_checkpoint(path)
+    config = RunConfig.from_dict(payload["config"])
+    target = resolve_device(device)
+    model = build_model(
+        payload["backbone"], len(payload["class_names"]), pretrained=False, head=payload["head"], dropout=config.dropout
+    )
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not match backbone {payload['backbone']}: {error}") from error
+    model.to(target).eval()
+    norm = payload["normalization"]
+    return LoadedModel(
+        model=model,
+        class_names=list(payload["class_names"]),
+        image_size=int(payload["image_size"]),
+        normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+        config=config,
+        checkpoint_path=path,
+        device=target,
+        dtype=autocast_dtype(precision, target, training=False),
+    )
+
+
+def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand folders to their image files and drop unreadable ones (returned with the reason)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+        else:
+            files.append(path)
+    good, bad = [], []
+    for file in files:
+        try:
+            load_rgb(file)
+            good.append(file)
+        except ImageDecodeError as error:
+            bad.append((file, str(error)))
+    if bad:
+        listed = "\n  ".join(f"{p}: {why}" for p, why in bad[:10])
+        warnings.warn(f"skipped {len(bad)} of {len(files)} files:\n  {listed}", DataWarning, stacklevel=2)
+    return good, bad
+
+
+def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
+    """Class probabilities for image files or folders of them; unreadable files are skipped with a warning."""
+    files, _ = readable_images(paths)
+    if not files:
+        raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
+    probs = loaded.probabilities(files, batch_size)
+    return predictions_frame([str(f) for f in files], None, probs, loaded.class_names)
+
+
+def evaluate_split(loaded: LoadedModel, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of the checkpoint on a split of the data it was trained on (the same split file)."""
+    config = loaded.config
+    info = read_run_info(loaded.run_dir)
+    if info.get("split_file") and Path(info["split_file"]).is_file():
+        config = config.replace(split_file=info["split_file"], data_dir=info.get("data_dir", config.data_dir))
+    data = prepare_data(config.replace(new_split=False), show_progress=False)
+    rows = data.frame(split)
+    if data.classes != loaded.class_names:
+        raise DataError(f"the data now has classes {data.classes}, the checkpoint {loaded.class_names}")
+    return _evaluate(loaded, rows, split, loaded.run_dir if save else None)
+
+
+def evaluate_folder(
+    loaded: LoadedModel, data_dir: Path, out_dir: Path | None = None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics on a folder-per-class directory (an external test set) whose classes the model knows."""
+    data_dir = Path(data_dir)
+    scan = scan_dataset(data_dir, show_progress=False)
+    unknown = sorted(set(scan.classes) - set(loaded.class_names))
+    if unknown:
+        raise DataError(
+            f"{data_dir} has classes {unknown} that the checkpoint does not know; it was trained on "
+            f"{loaded.class_names}. Rename or remove those folders."
+        )
+    rows = scan.images[["path", "label"]].copy()
+    rows["file"] = [data_dir / p for p in rows["path"]]
+    rows["target"] = rows["label"].map({c: i for i, c in enumerate(loaded.class_names)})
+    target_dir = out_dir or loaded.run_dir / "evaluations" / data_dir.name
+    return _evaluate(loaded, rows, "external", target_dir)
+
+
+def _evaluate(
+    loaded: LoadedModel, rows: pd.DataFrame, prefix: str, out_dir: Path | None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    if rows.empty:
+        raise DataError(f"no images to evaluate for '{prefix}'")
+    loader = loaded.loader(rows["file"].tolist(), rows["target"].tolist())
+    probs = predict_probabilities(loaded.model, loader, loaded.device, loaded.dtype)
+    metrics = compute_metrics(rows["target"].to_numpy(), probs, loaded.class_names)
+    frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, loaded.class_names)
+    if out_dir is not None:
+        metrics["files"] = {k: str(v) for k, v in save_evaluation(Path(out_dir), metrics, frame, prefix).items()}
+    return metrics, frame

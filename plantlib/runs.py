@@ -1,0 +1,65 @@
+"""Run directories: one per run, never shared, found again by notebooks and the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from plantlib.errors import PlantlibError
+from plantlib.io import write_json
+from plantlib.paths import artifacts_dir
+
+RUN_FILE = "run.json"
+
+
+def runs_dir(output_dir: str | Path | None = None) -> Path:
+    return Path(output_dir) if output_dir else artifacts_dir() / "runs"
+
+
+def new_run_dir(backbone: str, output_dir: str | Path | None = None) -> Path:
+    """`<runs>/<YYYYmmdd-HHMMSS>-<backbone>[-N]`, created exclusively so two runs started together differ."""
+    parent = runs_dir(output_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}"
+    for attempt in range(1, 10_000):
+        candidate = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise PlantlibError(f"could not create a new run directory under {parent}")
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    """`run.json`: status (running / interrupted / finished), timings and headline metrics."""
+    write_json(Path(run_dir) / RUN_FILE, info)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def list_runs(output_dir: str | Path | None = None) -> list[Path]:
+    """Run directories, oldest first (the name starts with the start time)."""
+    parent = runs_dir(output_dir)
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def latest_run(output_dir: str | Path | None = None, finished: bool = True) -> Path:
+    """The newest run (with a best checkpoint when `finished`), or an error saying how to make one."""
+    for run in reversed(list_runs(output_dir)):
+        if not finished or (read_run_info(run).get("status") == "finished" and (run / "best.pt").is_file()):
+            return run
+    raise PlantlibError(
+        f"no {'finished ' if finished else ''}run found under {runs_dir(output_dir)}; "
+        "train one with `plantlib train` or the 02_train notebook"
+    )

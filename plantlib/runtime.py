@@ -1,0 +1,90 @@
+"""Seeds, devices and numeric precision: the parts of a run that depend on the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from plantlib.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so splits, augmentation and initialisation repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed per epoch: a resumed run draws the same augmentations and order as an uninterrupted one."""
+    return (seed * 1_000_003 + epoch * 7919) % 2**63
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else Apple MPS, else CPU; an unavailable device is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not available on this machine; use device='auto' or 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} is not available on this machine; use device='auto' or 'cpu'")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device, training: bool) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, or None for plain fp32.
+
+    `auto` uses bf16 (or fp16 without bf16 support) on CUDA, and fp32 on CPU for training, where bf16
+    costs accuracy on small batches; CPU inference with `auto` also stays fp32 unless asked.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+@contextlib.contextmanager
+def maybe_autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def rng_state() -> dict:
+    """Every RNG state, in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": [*internal, version, gauss_next],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[-2], tuple(python[:-2]), python[-1]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
