@@ -170,6 +170,9 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_values(c: RunConfig) -> None:
+    from plantlib.models import get_spec  # the registry lives with the models
+
+    get_spec(c.backbone)  # "unknown backbone 'x'; choose one of: ..."
     _check_choice("optimizer", c.optimizer, OPTIMIZERS)
     _check_choice("scheduler", c.scheduler, SCHEDULERS)
     _check_choice("head", c.head, HEADS)

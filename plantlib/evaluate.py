@@ -52,6 +52,8 @@ def predict_probabilities(
             for batch in loader:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 images = images.to(device, non_blocking=True)
+                if images.dim() == 4:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 autocast = (
                     torch.autocast(device_type=device.type, dtype=autocast_dtype)
                     if autocast_dtype is not None

@@ -70,7 +70,7 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") 
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not match backbone {payload['backbone']}: {error}") from error
-    model.to(target).eval()
+    model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
     return LoadedModel(
         model=model,

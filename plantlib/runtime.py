@@ -88,3 +88,40 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_ALLOCATOR_KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed activation buffers instead of returning them to the OS after every step.
+
+    By default large blocks are mmapped and unmapped each time, so every training step page-faults its
+    activations in again (a large share of CPU time as kernel time). Raising the mmap and trim thresholds
+    lets the allocator reuse them. A no-op (returning False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # mallopt caps the mmap threshold at 32 MiB, below one activation tensor, so turn mmap off instead:
+    # every block then comes from the heap, which is kept (trim threshold) and reused between steps.
+    results = [
+        mallopt(_M_MMAP_MAX, 0),
+        mallopt(_M_TRIM_THRESHOLD, _ALLOCATOR_KEEP_BYTES),
+        mallopt(_M_TOP_PAD, 64 << 20),
+    ]
+    return all(r == 1 for r in results)

@@ -43,7 +43,15 @@ from plantlib.models import (
 )
 from plantlib.progress import progress
 from plantlib.runs import new_run_dir, read_run_info, write_run_info
-from plantlib.runtime import autocast_dtype, epoch_seed, maybe_autocast, resolve_device, rng_state, seed_everything
+from plantlib.runtime import (
+    autocast_dtype,
+    epoch_seed,
+    keep_freed_memory,
+    maybe_autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+)
 
 
 class Callback(Protocol):
@@ -137,7 +145,8 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
         for batch_index, (images, targets) in enumerate(loader):
             if batch_index >= limit:
                 break
-            images, targets = images.to(trainer.device), targets.to(trainer.device)
+            images = images.to(trainer.device, memory_format=torch.channels_last, non_blocking=True)
+            targets = targets.to(trainer.device, non_blocking=True)
             with maybe_autocast(trainer.device, trainer.train_dtype):
                 logits = model(images)
                 loss = trainer.loss_fn(logits.float(), targets)
@@ -164,7 +173,8 @@ def evaluate_epoch(trainer: Trainer, loader: DataLoader) -> tuple[float, float]:
     for batch_index, (images, targets) in enumerate(loader):
         if trainer.max_batches and batch_index >= trainer.max_batches:
             break
-        images, targets = images.to(trainer.device), targets.to(trainer.device)
+        images = images.to(trainer.device, memory_format=torch.channels_last, non_blocking=True)
+        targets = targets.to(trainer.device, non_blocking=True)
         with maybe_autocast(trainer.device, trainer.eval_dtype):
             logits = trainer.model(images).float()
         total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
@@ -195,10 +205,11 @@ class Trainer:
         self.classes = self.data.classes
         self.normalization = normalization_for(config.backbone)
 
+        keep_freed_memory()
         seed_everything(config.seed)
         self.model = build_model(
             config.backbone, len(self.classes), config.pretrained, head=config.head, dropout=config.dropout
-        ).to(self.device)
+        ).to(self.device, memory_format=torch.channels_last)
         cache = DecodedImageCache(max_side=resize_side(config.image_size))
         self.train_set = self._dataset("train", train_transform(config.image_size, self.normalization), cache)
         self.val_set = self._dataset("val", eval_transform(config.image_size, self.normalization), cache)

@@ -1,0 +1,100 @@
+"""The command line, end to end through subprocesses, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import pattern_image, write_dataset
+
+
+def plantlib(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "plantlib", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    data = write_dataset(root / "data", {"ant": 12, "bee": 12})
+    result = plantlib(
+        "train",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(root / "runs"),
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test split: accuracy" in result.stdout
+    (run,) = (root / "runs").iterdir()
+    return run
+
+
+def test_evaluate_on_an_external_folder_prints_and_saves_metrics(trained_run: Path, tmp_path: Path) -> None:
+    external = write_dataset(tmp_path / "external", {"ant": 3, "bee": 3}, seed=5)
+    result = plantlib("evaluate", str(trained_run / "best.pt"), "--data-dir", str(external))
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "95% CI" in result.stdout
+    saved = trained_run / "evaluations" / "external" / "external_metrics.json"
+    assert saved.is_file() and '"n": 6' in saved.read_text()
+
+
+def test_evaluate_a_split_of_the_run(trained_run: Path) -> None:
+    result = plantlib("evaluate", str(trained_run), "--split", "val")
+    assert result.returncode == 0, result.stderr
+    assert (trained_run / "val_metrics.json").is_file()
+
+
+def test_predict_writes_one_row_per_readable_image(trained_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(3):
+        pattern_image(500 + i).save(folder / f"img {i} é.jpg")
+    (folder / "broken.jpg").write_bytes(b"nope")
+    out = tmp_path / "preds.csv"
+    result = plantlib("predict", str(trained_run / "best.pt"), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 of 4 files" in result.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["path", "predicted", "p_ant", "p_bee"] and len(frame) == 3
+    assert ((frame["p_ant"] + frame["p_bee"]) - 1).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--backbone", "resnet19"], "unknown backbone 'resnet19'; choose one of:"),
+        (["train", "--epochs", "-1"], "epochs=-1 is not allowed"),
+        (["train", "--batch-size", "0"], "batch_size=0 is not allowed"),
+        (["train", "--data-dir", "/no/such/folder"], "does not exist"),
+        (["train", "--resume", "/no/such/run"], "not a run directory"),
+        (["evaluate", "/no/such/best.pt"], "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = plantlib(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_refuses_a_folder_with_unknown_classes(trained_run: Path, tmp_path: Path) -> None:
+    other = write_dataset(tmp_path / "other", {"ant": 2, "wasp": 2})
+    result = plantlib("evaluate", str(trained_run / "best.pt"), "--data-dir", str(other))
+    assert result.returncode == 2 and "classes ['wasp'] that the checkpoint does not know" in result.stderr

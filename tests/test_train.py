@@ -1,0 +1,153 @@
+"""The Trainer on tiny data: run directory contents, determinism, exact resume, stages and schedules."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from plantlib.config import RunConfig
+from plantlib.errors import PlantlibError
+from plantlib.train import Trainer, build_optimizer, build_scheduler, train
+from tests.conftest import write_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("train") / "d", {"ant": 16, "bee": 16})
+
+
+def tiny(data_dir: Path, tmp_path: Path, **changes) -> RunConfig:
+    values = dict(
+        data_dir=str(data_dir),
+        output_dir=str(tmp_path / "runs"),
+        image_size=64,
+        batch_size=8,
+        epochs=3,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        early_stopping_patience=None,
+    )
+    values.update(changes)
+    return RunConfig(**values)
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, tmp_path: Path) -> None:
+    config = tiny(data_dir, tmp_path)
+    result = train(config, show_progress=False)
+    names = {p.name for p in result.run_dir.iterdir()}
+    assert {
+        "config.json",
+        "run.json",
+        "history.json",
+        "best.pt",
+        "last.pt",
+        "test_metrics.json",
+        "test_predictions.csv",
+    } <= names
+    assert RunConfig.from_json(result.run_dir / "config.json") == config
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert set(result.history[0]) >= {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"}
+    checkpoint = load_checkpoint(result.run_dir / "best.pt")
+    assert checkpoint["class_names"] == ["ant", "bee"] and checkpoint["image_size"] == 64
+    assert checkpoint["normalization"]["mean"] == [127 / 255] * 3 or len(checkpoint["normalization"]["mean"]) == 3
+    assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and result.test_metrics["n"] == 8
+
+
+def test_same_seed_same_history_and_another_seed_differs(data_dir: Path, tmp_path: Path) -> None:
+    first = train(tiny(data_dir, tmp_path, epochs=2), show_progress=False)
+    second = train(tiny(data_dir, tmp_path, epochs=2), show_progress=False)
+    assert first.run_dir != second.run_dir
+    assert without_timing(first.history) == without_timing(second.history)
+    assert first.test_metrics["log_loss"] == second.test_metrics["log_loss"]
+    other = train(tiny(data_dir, tmp_path, epochs=2, seed=7, split_file=str(tmp_path / "s7.csv")), show_progress=False)
+    assert without_timing(other.history) != without_timing(first.history)
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(data_dir: Path, tmp_path: Path) -> None:
+    reference = train(tiny(data_dir, tmp_path, epochs=4), show_progress=False)
+
+    def interrupt_after_epoch_2(trainer: Trainer, record: dict) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    trainer = Trainer(tiny(data_dir, tmp_path, epochs=4), callbacks=[interrupt_after_epoch_2], show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(trainer.run_dir / "last.pt")["epoch"] == 2
+    resumed = Trainer.resume(trainer.run_dir, show_progress=False).fit()
+    assert without_timing(resumed.history) == without_timing(reference.history)
+    final = load_checkpoint(resumed.run_dir / "last.pt")["model"]
+    expected = load_checkpoint(reference.run_dir / "last.pt")["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    with pytest.raises(PlantlibError, match="already finished"):
+        Trainer.resume(trainer.run_dir)
+    with pytest.raises(PlantlibError, match="not a run directory"):
+        Trainer.resume(tmp_path / "no-such-run")
+
+
+def test_two_stage_keeps_the_backbone_fixed_during_the_head_stage(data_dir: Path, tmp_path: Path) -> None:
+    snapshots = []
+
+    def snapshot(trainer: Trainer, record: dict) -> None:
+        snapshots.append([p.detach().clone() for p in trainer.model.backbone.parameters()])
+
+    config = tiny(data_dir, tmp_path, finetune="two_stage", head_epochs=1, epochs=2)
+    trainer = Trainer(config, callbacks=[snapshot], show_progress=False)
+    before = [p.detach().clone() for p in trainer.model.backbone.parameters()]
+    result = trainer.fit()
+    assert [row["backbone_trainable"] for row in result.history] == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshots[0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1], strict=True))
+
+
+def test_early_stopping_stops_after_patience(data_dir: Path, tmp_path: Path) -> None:
+    config = tiny(
+        data_dir,
+        tmp_path,
+        epochs=6,
+        early_stopping_patience=2,
+        early_stopping_monitor="val_accuracy",
+        early_stopping_min_delta=2.0,
+    )  # no accuracy can improve by 2: stop after 1 + 2 epochs
+    result = train(config, show_progress=False)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "step", "plateau", "onecycle", "none"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_every_optimizer_and_schedule_builds_and_steps(scheduler: str, optimizer: str) -> None:
+    from plantlib.models import build_model
+
+    model = build_model("resnet18", 2, pretrained=False)
+    config = RunConfig(optimizer=optimizer, scheduler=scheduler, warmup_epochs=1, step_size=1, epochs=3)
+    opt = build_optimizer(model, config)
+    assert opt.param_groups[0]["lr"] == pytest.approx(config.learning_rate * config.backbone_lr_factor)
+    sched = build_scheduler(opt, config, steps_per_epoch=4, epochs=3)
+    lrs = []
+    for _ in range(12):
+        opt.step()
+        if scheduler == "plateau":
+            sched.step(1.0)
+        else:
+            sched.step()
+        lrs.append(opt.param_groups[1]["lr"])
+    if scheduler in ("cosine", "step", "onecycle"):
+        assert lrs[-1] < max(lrs)
+    if scheduler == "none":
+        assert lrs[3:] == [config.learning_rate] * 9
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or not a plantlib checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"state": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a plantlib checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"epoch": 1})
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 1
