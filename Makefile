@@ -9,7 +9,7 @@ KERNEL := plantlib
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data report test lint format lab bench clean
+.PHONY: help setup browser data report test lint format lab bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,7 +29,12 @@ data: setup ## fetch the built-in dataset when missing (honours PLANTLIB_DATA_SO
 report: data ## run every notebook headlessly and write HTML reports to artifacts/reports/
 	$(BIN)/plantlib report
 
-test: setup ## run the test suite
+browser: ## install Debian's chromium for the report rendering tests, when missing
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: browser checks will be skipped (sudo apt-get install chromium)"; fi; }
+
+test: setup browser ## run the test suite
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff lint + format check (notebooks included)

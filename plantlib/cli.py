@@ -103,6 +103,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import yaml
+
+    from plantlib.reports import check_all_ok, run_reports
+
+    parameters: dict[str, Any] = {}
+    if args.params:
+        try:
+            parameters = yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise PlantlibError(f"cannot read parameters file {args.params}: {error}") from error
+        if not isinstance(parameters, dict):
+            raise PlantlibError(f"parameters file {args.params} must hold a mapping of name: value")
+    for item in args.parameter or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise PlantlibError(f"-p {item!r}: write NAME=VALUE, e.g. -p epochs=3")
+        parameters[name.strip()] = yaml.safe_load(value)
+    runs = run_reports(parameters, fast=args.fast, out_dir=args.out_dir, only=args.only)
+    index = args.out_dir or runs[0].ipynb.parent if runs and runs[0].ipynb else args.out_dir
+    print(f"reports: {index}/index.html" if index else "no report written")
+    check_all_ok(runs)
+    return 0
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One --flag per RunConfig field; only flags actually given override the config."""
     from plantlib.config import RunConfig
@@ -180,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     predict.set_defaults(run=_cmd_predict)
+
+    report = commands.add_parser("report", help="run notebooks 01-04 with papermill and export HTML reports")
+    report.add_argument("--fast", action="store_true", help="quick smoke run (each notebook's fast=True)")
+    report.add_argument("--params", help="YAML file of parameters: name: value, or a section per notebook")
+    report.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter for every notebook that declares it (repeatable)",
+    )
+    report.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 01_explore")
+    report.add_argument("--out-dir", type=Path, help="where reports go (default: artifacts/reports)")
+    report.set_defaults(run=_cmd_report)
     return parser
 
 

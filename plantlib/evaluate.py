@@ -342,3 +342,10 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high"])
+
+
+def arrays_from_predictions(frame: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true as class indices, probabilities (N, C)) back from a predictions frame, e.g. for ROC plots."""
+    y_true = frame["true"].map({c: i for i, c in enumerate(class_names)}).to_numpy()
+    probs = frame[[f"p_{c}" for c in class_names]].to_numpy()
+    return y_true, probs

@@ -46,3 +46,12 @@ def splits_dir() -> Path:
 
 def artifacts_dir() -> Path:
     return project_root() / "artifacts"
+
+
+def notebooks_dir() -> Path:
+    """The numbered notebooks shipped with the checkout (independent of `$PLANTLIB_ROOT`)."""
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def reports_dir() -> Path:
+    return artifacts_dir() / "reports"

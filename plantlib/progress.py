@@ -11,15 +11,15 @@ from tqdm import tqdm as text_tqdm
 
 T = TypeVar("T")
 
+HEADLESS_ENV = "PLANTLIB_HEADLESS"  # set by the report runner for the kernels it starts
+
 # A headless run (papermill, CI, a log file) gets a bar redrawn at most this often, so logs stay short.
 HEADLESS_MIN_INTERVAL_S = 10.0
 
 
-def _live_notebook_frontend() -> bool:
+def live_notebook_frontend() -> bool:
     """True in an interactive Jupyter kernel, False under papermill or in a plain terminal."""
-    if os.environ.get("PLANTLIB_PROGRESS") in {"text", "off"}:
-        return False
-    if "papermill" in sys.modules or os.environ.get("PAPERMILL_EXECUTION"):
+    if os.environ.get("PLANTLIB_PROGRESS") in {"text", "off"} or os.environ.get(HEADLESS_ENV):
         return False
     try:
         from IPython import get_ipython
@@ -33,7 +33,7 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> Any:
     """A tqdm bar: a widget in a live notebook, otherwise text that is redrawn sparingly when not a TTY."""
     if os.environ.get("PLANTLIB_PROGRESS") == "off":
         kwargs["disable"] = True
-    if _live_notebook_frontend():
+    if live_notebook_frontend():
         from tqdm.notebook import tqdm as notebook_tqdm
 
         return notebook_tqdm(iterable, **kwargs)

@@ -148,3 +148,16 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
+
+
+def augmented_views(
+    files: Sequence[Path], image_size: int, norm: Normalization, views: int = 6, seed: int = 0
+) -> torch.Tensor:
+    """`views` training augmentations of each file, (len(files) * views, 3, S, S): a preview of what training sees."""
+    dataset = ImageDataset(files, [0] * len(files), train_transform(image_size, norm), DecodedImageCache(256))
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return torch.stack([dataset[i][0] for i in range(len(dataset)) for _ in range(views)])
+    finally:
+        torch.set_rng_state(generator_state)

@@ -1,0 +1,94 @@
+"""Helpers for the numbered notebooks: validated parameters, summaries for the report index, widgets or not.
+
+Notebooks stay thin: they call these and the library, and show results.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from plantlib.config import RunConfig, field_names
+from plantlib.errors import ConfigError
+from plantlib.io import write_json
+from plantlib.paths import notebooks_dir
+from plantlib.progress import live_notebook_frontend
+
+SUMMARY_ENV = "PLANTLIB_SUMMARY_FILE"
+PAPERMILL_HEADER = "# Parameters"
+
+
+def is_interactive() -> bool:
+    """True in a live JupyterLab session (widgets work); False under papermill and in HTML reports."""
+    return live_notebook_frontend()
+
+
+def declared_parameters(notebook: str) -> dict[str, dict[str, Any]]:
+    """The names, types, defaults and help texts of a notebook's `parameters` cell."""
+    import papermill
+
+    path = notebooks_dir() / f"{notebook}.ipynb"
+    if not path.is_file():
+        raise ConfigError(f"no notebook {path}; choose one of: {', '.join(p.stem for p in notebook_paths())}")
+    return papermill.inspect_notebook(str(path))
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+
+
+def _injected_names(namespace: dict[str, Any]) -> list[str]:
+    """Names papermill injected (its cell starts with '# Parameters'); read from the kernel's input history."""
+    names: list[str] = []
+    for source in namespace.get("In", []) or []:
+        if source.lstrip().startswith(PAPERMILL_HEADER):
+            tree = ast.parse(source)
+            names += [
+                t.id
+                for node in tree.body
+                if isinstance(node, ast.Assign)
+                for t in node.targets
+                if isinstance(t, ast.Name)
+            ]
+    return names
+
+
+def parameters(namespace: dict[str, Any], notebook: str) -> dict[str, Any]:
+    """This notebook's parameter values; an unknown injected name is an error (papermill only warns)."""
+    declared = declared_parameters(notebook)
+    unknown = [name for name in _injected_names(namespace) if name not in declared]
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for notebook {notebook}; "
+            f"valid: {', '.join(declared)}"
+        )
+    return {name: namespace[name] for name in declared if name in namespace}
+
+
+def run_config(params: dict[str, Any], **overrides: Any) -> RunConfig:
+    """Map notebook parameters onto the validated run configuration ('' stands for None)."""
+    values = {k: (None if v == "" else v) for k, v in params.items() if k in field_names()}
+    values.update(overrides)
+    return RunConfig.from_dict(values)
+
+
+def summary(text: str, **values: Any) -> None:
+    """Show a one-line result and hand it (with `values`) to the report index when run by `plantlib report`."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"**Summary:** {text}"))
+    target = os.environ.get(SUMMARY_ENV)
+    if target:
+        write_json(Path(target), {"text": text, "values": json.loads(json.dumps(values, default=str))})
+
+
+def show(figure: Any) -> None:
+    """Display a figure once and release it (a bare figure would be shown twice in a notebook)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    display(figure)
+    plt.close(figure)

@@ -1,0 +1,389 @@
+"""JupyterLab extras for looking at predictions, plus the static gallery that stands in for them in HTML reports.
+
+`prediction_browser` pages through a predictions frame (filter by true class and by right/wrong), and
+`upload_classifier` classifies an image dropped into the notebook. Widgets need a live kernel, so reports use
+`static_prediction_gallery`, a matplotlib figure of example images per (true class × right/wrong) group.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from collections.abc import Mapping, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from PIL import Image
+
+from plantlib.data.images import ImageDecodeError, load_rgb
+from plantlib.plots import _message_figure
+
+THUMBNAIL_SIDE = 320  # longest side of a widget thumbnail in pixels: sharp at notebook width, small to send
+_GALLERY_TILE_PIXELS = 256  # longest side kept in memory per gallery tile
+_THUMBNAIL_CACHE_SIZE = 64  # thumbnails a browser keeps, so paging back and forth does not decode again
+_ALL = ""  # class-filter value meaning "every class" (a class folder can never be named "")
+_OUTCOMES = ("all", "right", "wrong")
+_UNREADABLE_GREY = 0.6
+
+
+class ProbabilityModel(Protocol):
+    """What `classify_bytes` needs from a model: `plantlib.inference.LoadedModel` satisfies it."""
+
+    class_names: list[str]
+
+    def probabilities(self, files: Sequence[Path], batch_size: int = 32) -> np.ndarray: ...
+
+
+# --- helpers shared by the widgets and the gallery ---------------------------------------------------------------
+
+
+def _class_columns(frame: pd.DataFrame) -> list[str]:
+    """Class names in model order, read from the `p_<class>` columns."""
+    return [column[2:] for column in frame.columns if column.startswith("p_")]
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = [c for c in ("path", "predicted", "confidence") if c not in frame.columns]
+    missing += [] if _class_columns(frame) else ["p_<class>"]
+    if missing:
+        raise ValueError(
+            f"predictions frame lacks columns {missing} (it has {list(frame.columns)}); "
+            "build it with plantlib.evaluate.predictions_frame"
+        )
+
+
+def _resolve(path: str | Path, root: Path | None) -> Path:
+    path = Path(path)
+    return path if root is None or path.is_absolute() else Path(root) / path
+
+
+def _thumbnail_jpeg(image: Image.Image, max_side: int = THUMBNAIL_SIDE) -> bytes:
+    """A JPEG of `image` shrunk (never enlarged) so its longest side is at most `max_side` pixels."""
+    small = image.copy()
+    small.thumbnail((max_side, max_side))
+    buffer = BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _probability_html(probabilities: Mapping[str, float], predicted: str) -> str:
+    """A small table of horizontal bars, one per class, with the predicted class in bold."""
+    rows = []
+    for name, p in probabilities.items():
+        weight = "bold" if name == predicted else "normal"
+        colour = "#2a7ab9" if name == predicted else "#9bb7cc"
+        bar = (
+            '<div style="background:#eee;width:160px;height:12px">'
+            f'<div style="background:{colour};width:{100 * p:.1f}%;height:12px"></div></div>'
+        )
+        rows.append(
+            f'<tr style="font-weight:{weight}"><td style="padding-right:8px">{html.escape(name)}</td>'
+            f'<td>{bar}</td><td style="padding-left:8px">{p:.3f}</td></tr>'
+        )
+    return f'<table style="border-collapse:collapse">{"".join(rows)}</table>'
+
+
+def _error_html(message: str) -> str:
+    return f'<span style="color:#b00020">{html.escape(message)}</span>'
+
+
+# --- prediction browser -------------------------------------------------------------------------------------------
+
+
+class PredictionBrowser:
+    """State and widgets of `prediction_browser`; `widget` is what a notebook displays.
+
+    The filtered rows are recomputed when a filter changes, and the slider (1-based) picks one of them. Frames
+    without true labels (plain predictions) filter by predicted class and leave the right/wrong toggle disabled.
+    """
+
+    def __init__(self, frame: pd.DataFrame, root: Path | None = None) -> None:
+        _check_frame(frame)
+        self.frame = frame.reset_index(drop=True)
+        self.root = Path(root) if root is not None else None
+        self.classes = _class_columns(frame)
+        self.label_column = "true" if "true" in frame.columns else "predicted"
+        self.has_outcome = "correct" in frame.columns
+        self.rows = self.frame
+        self._thumbnails: dict[Path, bytes | str] = {}
+
+        self.class_filter = widgets.Dropdown(
+            options=[("All", _ALL), *((c, c) for c in self.classes)], description=self.label_column
+        )
+        self.outcome_filter = widgets.ToggleButtons(
+            options=_OUTCOMES, value="all", disabled=not self.has_outcome, style={"button_width": "60px"}
+        )
+        self.slider = widgets.IntSlider(value=1, min=1, max=1, description="image", continuous_update=False)
+        self.previous_button = widgets.Button(description="◀ prev", layout=widgets.Layout(width="80px"))
+        self.next_button = widgets.Button(description="next ▶", layout=widgets.Layout(width="80px"))
+        self.count_label = widgets.Label()
+        self.message = widgets.HTML()
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{THUMBNAIL_SIDE}px"))
+        self.details = widgets.HTML()
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.class_filter, self.outcome_filter]),
+                widgets.HBox([self.previous_button, self.slider, self.next_button, self.count_label]),
+                self.message,
+                widgets.HBox([self.image, self.details]),
+            ]
+        )
+
+        self.class_filter.observe(self._on_filter, names="value")
+        self.outcome_filter.observe(self._on_filter, names="value")
+        self.slider.observe(self._on_slide, names="value")
+        self.previous_button.on_click(lambda _: self.step(-1))
+        self.next_button.on_click(lambda _: self.step(1))
+        self.apply_filters()
+
+    @property
+    def position(self) -> int:
+        """0-based index of the shown row within `rows`."""
+        return self.slider.value - 1
+
+    @property
+    def current(self) -> pd.Series | None:
+        """The shown row of the frame, or None when the filters match nothing."""
+        return None if self.rows.empty else self.rows.iloc[self.position]
+
+    def apply_filters(self) -> None:
+        """Recompute `rows` from the filters and show the first of them."""
+        keep = pd.Series(True, index=self.frame.index)
+        if self.class_filter.value != _ALL:
+            keep &= self.frame[self.label_column] == self.class_filter.value
+        if self.has_outcome and self.outcome_filter.value != "all":
+            keep &= self.frame["correct"].astype(bool) == (self.outcome_filter.value == "right")
+        self.rows = self.frame[keep]
+        n = len(self.rows)
+        self.slider.value = 1  # before max, so shrinking max never clamps the value to a stale row
+        self.slider.max = max(n, 1)
+        self.slider.disabled = n <= 1
+        self.count_label.value = f"{n} of {len(self.frame)} images"
+        self.render()
+
+    def step(self, delta: int) -> None:
+        """Move `delta` rows forward (or back), stopping at either end."""
+        self.slider.value = min(max(self.slider.value + delta, self.slider.min), self.slider.max)
+
+    def render(self) -> None:
+        row = self.current
+        n = len(self.rows)
+        self.previous_button.disabled = row is None or self.position == 0
+        self.next_button.disabled = row is None or self.position >= n - 1
+        if row is None:
+            outcome = "" if self.outcome_filter.value == "all" else f" and {self.outcome_filter.value} predictions"
+            chosen = self.class_filter.value or "any class"
+            self.message.value = f"<i>No images match {html.escape(chosen)}{outcome}.</i>"
+            self.image.value = b""
+            self.image.layout.display = "none"
+            self.details.value = ""
+            return
+        self.message.value = ""
+        thumbnail = self._thumbnail(_resolve(row["path"], self.root))
+        if isinstance(thumbnail, bytes):
+            self.image.value = thumbnail
+            self.image.layout.display = None
+        else:
+            self.image.value = b""
+            self.image.layout.display = "none"
+        self.details.value = self._details_html(row, None if isinstance(thumbnail, bytes) else thumbnail)
+
+    def _details_html(self, row: pd.Series, unreadable: str | None) -> str:
+        lines = [f"<code>{html.escape(str(row['path']))}</code>"]
+        if unreadable is not None:
+            lines.append(_error_html(f"cannot show the image: {unreadable}"))
+        if "true" in row.index:
+            lines.append(f"true: <b>{html.escape(str(row['true']))}</b>")
+        verdict = ""
+        if self.has_outcome:
+            verdict = " ✓" if bool(row["correct"]) else ' <span style="color:#b00020">✗ wrong</span>'
+        lines.append(f"predicted: <b>{html.escape(str(row['predicted']))}</b> (p={row['confidence']:.2f}){verdict}")
+        probabilities = {c: float(row[f"p_{c}"]) for c in self.classes}
+        return "<br>".join(lines) + _probability_html(probabilities, str(row["predicted"]))
+
+    def _thumbnail(self, path: Path) -> bytes | str:
+        """JPEG bytes of the image at `path`, or the reason it cannot be decoded."""
+        if path not in self._thumbnails:
+            if len(self._thumbnails) >= _THUMBNAIL_CACHE_SIZE:
+                self._thumbnails.pop(next(iter(self._thumbnails)))
+            try:
+                self._thumbnails[path] = _thumbnail_jpeg(load_rgb(path)[0])
+            except ImageDecodeError as error:
+                self._thumbnails[path] = str(error)
+        return self._thumbnails[path]
+
+    def _on_filter(self, _change: dict[str, Any]) -> None:
+        self.apply_filters()
+
+    def _on_slide(self, _change: dict[str, Any]) -> None:
+        self.render()
+
+
+def prediction_browser(frame: pd.DataFrame, root: Path | None = None) -> widgets.Widget:
+    """Page through predictions in JupyterLab: filter by true class and right/wrong, see image and probabilities.
+
+    `frame` comes from `plantlib.evaluate.predictions_frame`; relative paths in it are resolved against `root`.
+    """
+    return PredictionBrowser(frame, root).widget
+
+
+# --- upload and classify -----------------------------------------------------------------------------------------
+
+
+def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str, Any]:
+    """Classify one image given as file bytes (an upload); `name` only supplies the file suffix.
+
+    Returns `predicted`, `confidence`, `probabilities` ({class: p}), `thumbnail` (JPEG bytes) and `error`: None,
+    or the reason the bytes are not a usable image, in which case the other values are None.
+    """
+    result: dict[str, Any] = {
+        "name": name,
+        "predicted": None,
+        "confidence": None,
+        "probabilities": None,
+        "thumbnail": None,
+        "error": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="plantlib-upload-") as folder:
+        path = Path(folder) / f"upload{Path(name).suffix.lower()}"
+        path.write_bytes(bytes(data))
+        try:
+            image, _ = load_rgb(path)
+        except ImageDecodeError as error:
+            result["error"] = f"{name}: {error}"
+            return result
+        probs = np.asarray(loaded.probabilities([path]), dtype=np.float64)[0]
+    if probs.shape != (len(loaded.class_names),):
+        raise ValueError(
+            f"the model returned {probs.shape[0]} probabilities for classes {loaded.class_names}; "
+            "its class_names do not match its outputs"
+        )
+    best = int(probs.argmax())
+    result.update(
+        predicted=loaded.class_names[best],
+        confidence=float(probs[best]),
+        probabilities={c: float(p) for c, p in zip(loaded.class_names, probs, strict=True)},
+        thumbnail=_thumbnail_jpeg(image),
+    )
+    return result
+
+
+class UploadClassifier:
+    """State and widgets of `upload_classifier`; `widget` is what a notebook displays."""
+
+    def __init__(self, loaded: ProbabilityModel) -> None:
+        self.loaded = loaded
+        self.last_result: dict[str, Any] | None = None
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image")
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(display="none"))
+        self.result = widgets.HTML("<i>Upload an image to classify it.</i>")
+        self.widget = widgets.VBox([self.upload, widgets.HBox([self.image, self.result])])
+        self.upload.observe(self._on_upload, names="value")
+
+    def handle(self, value: Sequence[Mapping[str, Any]]) -> None:
+        """Classify the first file of a FileUpload value (ipywidgets 8: a tuple of dicts with name and content)."""
+        if not value:
+            return  # the value was cleared
+        entry = value[0]
+        try:
+            result = classify_bytes(self.loaded, bytes(entry["content"]), str(entry.get("name", "upload")))
+        except Exception as error:  # a callback's exception only reaches the kernel log; show it where people look
+            result = {"error": f"classification failed: {type(error).__name__}: {error}", "thumbnail": None}
+        self.last_result = result
+        if result["error"] is not None:
+            self.image.value = b""
+            self.image.layout.display = "none"
+            self.result.value = _error_html(result["error"])
+            return
+        self.image.value = result["thumbnail"]
+        self.image.layout.display = None
+        self.result.value = (
+            f"<code>{html.escape(result['name'])}</code><br>"
+            f"predicted: <b>{html.escape(result['predicted'])}</b> (p={result['confidence']:.2f})"
+            + _probability_html(result["probabilities"], result["predicted"])
+        )
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        self.handle(change["new"])
+
+
+def upload_classifier(loaded: ProbabilityModel) -> widgets.Widget:
+    """An upload box that classifies the image you drop on it with `loaded` (a `LoadedModel`)."""
+    return UploadClassifier(loaded).widget
+
+
+# --- static gallery for reports ----------------------------------------------------------------------------------
+
+
+def _draw_tile(ax: Axes, path: Path) -> None:
+    """The image at `path` in `ax`, or a grey tile saying why it cannot be decoded."""
+    try:
+        image, _ = load_rgb(path)
+        image.thumbnail((_GALLERY_TILE_PIXELS, _GALLERY_TILE_PIXELS))
+        ax.imshow(image)
+    except ImageDecodeError as error:
+        ax.imshow(np.full((8, 8, 3), _UNREADABLE_GREY), vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.text(0.5, 0.15, str(error)[:40], ha="center", va="center", transform=ax.transAxes, fontsize=6)
+
+
+def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per_group: int = 6) -> Figure:
+    """Example images per (true class × right/wrong) group, most confident first, titled "true → predicted p=…".
+
+    One row per non-empty group, so an HTML report shows what the browser would without a kernel. Frames without
+    true labels are grouped by predicted class. Relative paths are resolved against `root`.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be at least 1; got {per_group}")
+    if frame.empty:
+        return _message_figure("no predictions")
+    _check_frame(frame)
+    labelled = "true" in frame.columns and "correct" in frame.columns
+    label_column = "true" if labelled else "predicted"
+    classes = _class_columns(frame)
+    classes += sorted(set(frame[label_column].astype(str)) - set(classes))
+    groups: list[tuple[str, pd.DataFrame]] = []
+    for name in classes:
+        of_class = frame[frame[label_column].astype(str) == name]
+        if labelled:
+            right = of_class["correct"].astype(bool)
+            parts = [(f"{name}\nright", of_class[right]), (f"{name}\nwrong", of_class[~right])]
+        else:
+            parts = [(f"predicted\n{name}", of_class)]
+        for label, members in parts:
+            if not members.empty:
+                shown = members.sort_values("confidence", ascending=False, kind="stable").head(per_group)
+                groups.append((f"{label} ({len(shown)} of {len(members)})", shown))
+    if not groups:
+        return _message_figure("no predictions")
+
+    ncols = max(len(shown) for _, shown in groups)
+    size = 2.0  # inches per tile
+    fig, axes = plt.subplots(
+        len(groups),
+        ncols,
+        figsize=(size * ncols + 0.8, (size + 0.4) * len(groups)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row_axes, (label, shown) in zip(axes, groups, strict=True):
+        for ax in row_axes[len(shown) :]:
+            fig.delaxes(ax)
+        for column, (ax, row) in enumerate(zip(row_axes, shown.itertuples(index=False), strict=False)):
+            _draw_tile(ax, _resolve(row.path, root))
+            true = f"{row.true} → " if labelled else ""
+            ax.set_title(f"{true}{row.predicted} p={row.confidence:.2f}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(f"example predictions: up to {per_group} per group, most confident first")
+    return fig

@@ -1,0 +1,112 @@
+"""`plantlib report` end to end on small synthetic data, checked as a reader would: in a real browser."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plantlib.errors import ConfigError
+from plantlib.reports import NOTEBOOKS, plan_parameters
+from tests.conftest import write_dataset
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def plantlib(*args: str, root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PLANTLIB_ROOT": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "plantlib", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    data = write_dataset(root / "images", {"ant": 10, "bee": 10})
+    result = plantlib(
+        "report",
+        "--fast",
+        "-p",
+        f"data_dir={data}",
+        "-p",
+        "image_size=64",
+        "-p",
+        "backbones=efficientnet_lite0",
+        root=root,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "artifacts" / "reports"
+
+
+def test_report_writes_an_index_and_four_reports(fast_report: Path) -> None:
+    index = json.loads((fast_report / "index.json").read_text())
+    assert [r["name"] for r in index] == list(NOTEBOOKS) and {r["status"] for r in index} == {"ok"}
+    assert all(r["summary"] for r in index)
+    assert "test accuracy" in index[1]["summary"] and index[2]["values"]["run_dir"] == index[1]["values"]["run_dir"]
+    page = (fast_report / "index.html").read_text()
+    for name in NOTEBOOKS:
+        assert f'href="{name}.html"' in page and (fast_report / f"{name}.ipynb").is_file()
+    assert (fast_report / "compare" / "02_train-efficientnet_lite0.html").is_file()
+
+
+def test_reports_are_static_and_self_contained(fast_report: Path) -> None:
+    for name in NOTEBOOKS:
+        page = (fast_report / f"{name}.html").read_text()
+        assert 'src="http' not in page and '<script src=""' not in page
+        assert "application/vnd.jupyter.widget" not in page
+        assert "Traceback" not in page
+    assert (fast_report / "03_evaluate.html").read_text().count('src="data:image/png;base64') >= 5
+
+
+def render(page: Path) -> dict:
+    """Open `page` in headless Chromium: console errors, failed requests and how many images rendered."""
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        tab = browser.new_page()
+        tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda e: problems.append(str(e)))
+        tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        tab.goto(page.as_uri(), wait_until="load")
+        images = tab.evaluate(
+            "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))"
+        )
+        browser.close()
+    return {"problems": problems, "images": images}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test / .ci/run install it)")
+@pytest.mark.parametrize("name", ["index", "03_evaluate"])
+def test_reports_render_in_a_browser(fast_report: Path, name: str) -> None:
+    result = render(fast_report / f"{name}.html")
+    assert result["problems"] == []
+    assert all(image["ok"] for image in result["images"])
+    if name != "index":
+        assert len(result["images"]) >= 5
+
+
+def test_unknown_report_parameters_fail_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match="unknown parameter 'epoch': no notebook declares it"):
+        plan_parameters({"epoch": 3})
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['bogus'\] for 02_train"):
+        plan_parameters({"02_train": {"bogus": 1}})
+    plan = plan_parameters({"seed": 1, "02_train": {"epochs": 2}}, fast=True)
+    assert plan["02_train"] == {"seed": 1, "epochs": 2, "fast": True} and plan["01_explore"]["seed"] == 1
+
+
+def test_a_failing_notebook_is_named_with_its_cell_and_still_exported(tmp_path: Path) -> None:
+    result = plantlib("report", "--only", "03_evaluate", "-p", f"run_dir={tmp_path / 'missing-run'}", root=tmp_path)
+    assert result.returncode == 2
+    assert "notebook 03_evaluate failed in cell" in result.stderr and "does not exist" in result.stderr
+    page = tmp_path / "artifacts" / "reports" / "03_evaluate.html"
+    assert page.is_file() and "does not exist" in page.read_text()
+    index = json.loads((tmp_path / "artifacts" / "reports" / "index.json").read_text())
+    assert index[0]["status"] == "failed"
