@@ -54,7 +54,8 @@ class RunConfig:
     # training
     finetune: str = option("full", "'full', 'head' (frozen backbone) or 'two_stage' (head first, then everything)")
     head_epochs: int = option(2, "epochs of the head-only stage when finetune='two_stage'")
-    epochs: int = option(10, "passes over the training set")
+    freeze_bn: bool = option(True, "keep the backbone's BatchNorm statistics fixed while fine-tuning")
+    epochs: int = option(6, "passes over the training set")
     batch_size: int = option(32, "images per training step")
     optimizer: str = option("adam", "'adam', 'adamw' or 'sgd'")
     learning_rate: float = option(1e-3, "learning rate of the head")

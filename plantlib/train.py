@@ -137,7 +137,12 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
     model, config = trainer.model, trainer.config
     model.train()
     if not trainer.backbone_trainable:
-        model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        model.backbone.eval()  # a frozen backbone is a fixed feature extractor
+    elif config.freeze_bn:
+        # Pretrained statistics beat ones re-estimated from a few hundred augmented images.
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     total_loss, correct, seen = 0.0, 0, 0
     limit = trainer.max_batches or len(loader)
     bar = progress(total=min(limit, len(loader)), desc=f"epoch {epoch}/{trainer.epochs}", unit="batch", leave=False)

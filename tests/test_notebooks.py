@@ -36,7 +36,8 @@ def test_first_code_cell_declares_typed_documented_parameters(path: Path) -> Non
     defaults = RunConfig()
     for name, info in declared.items():
         assert info["inferred_type_name"] in {"str", "int", "float", "bool"} and info["help"], name
-        if hasattr(defaults, name) and name not in {"data_dir", "output_dir"}:
+        shorter_schedule = path.stem == "04_compare_backbones" and name == "epochs"
+        if hasattr(defaults, name) and name not in {"data_dir", "output_dir"} and not shorter_schedule:
             assert eval(info["default"]) == getattr(defaults, name), f"{path.stem}.{name} drifted from RunConfig"
 
 
