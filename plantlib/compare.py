@@ -44,7 +44,7 @@ def comparison_table(run_dirs: Sequence[Path], measure_speed: bool = True) -> pd
         rows.append(
             {
                 "backbone": info.get("backbone"),
-                "weights": info.get("weights"),
+                "weights": str(info.get("weights", "")).split(" (")[0],  # the source, without its file path
                 "params_millions": info["parameters"]["total"] / 1e6,
                 "size_mb": info.get("model_size_mb"),
                 "epochs": info.get("epochs_done"),

@@ -28,6 +28,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files an interrupted `atomic_path` left behind (a killed process cannot clean up)."""
+    removed = 0
+    for stale in Path(folder).rglob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(target: Path, write: Callable[[IO[Any]], None], mode: str = "w") -> None:
     """Call `write(handle)` on a temporary file and move it into place only when it returned."""
     with atomic_path(target) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:

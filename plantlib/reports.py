@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -106,6 +107,22 @@ def _kernel_environment(summary_file: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _stderr_to(log_file: Path) -> Iterator[None]:
+    """Send file descriptor 2 to `log_file`: kernel start-up chatter goes to a log, not into reports."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
 def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = None) -> NotebookRun:
     """Execute `notebooks/<name>.ipynb` into `output` (+ HTML beside it); a failure is recorded, not raised."""
     import papermill
@@ -116,13 +133,14 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
     summary_file = output.with_suffix(".summary.json")
     summary_file.unlink(missing_ok=True)
     run = NotebookRun(name=name, status="ok", ipynb=output, html=output.with_suffix(".html"))
+    partial = output.with_name(f".{output.stem}.partial.ipynb")  # papermill saves after every cell
     run.started = time.strftime("%Y-%m-%d %H:%M:%S")
     began = time.perf_counter()
     try:
-        with _kernel_environment(summary_file):
+        with _kernel_environment(summary_file), _stderr_to(output.with_suffix(".kernel.log")):
             papermill.execute_notebook(
                 str(notebooks_dir() / f"{name}.ipynb"),
-                str(output),
+                str(partial),
                 parameters=parameters or {},
                 kernel_name=kernel_name(),
                 cwd=str(notebooks_dir()),
@@ -132,6 +150,9 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
     except PapermillExecutionError as error:
         run.status = "failed"
         run.error = f"cell {error.cell_index} (In [{error.exec_count}]): {error.ename}: {error.evalue}"
+    finally:
+        if partial.is_file():
+            os.replace(partial, output)
     run.seconds = round(time.perf_counter() - began, 1)
     if summary_file.is_file():
         payload = json.loads(summary_file.read_text(encoding="utf-8"))

@@ -156,10 +156,12 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
                 logits = model(images)
                 loss = trainer.loss_fn(logits.float(), targets)
             trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            trainer.scaler.scale(loss).backward()
             if config.grad_clip is not None:
+                trainer.scaler.unscale_(trainer.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            trainer.optimizer.step()
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
             if not isinstance(trainer.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 trainer.scheduler.step()
             total_loss += loss.item() * len(targets)
@@ -236,6 +238,8 @@ class Trainer:
         self.test_loader = make_loader(self.test_set, config.batch_size, shuffle=False, seed=config.seed)
 
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        # fp16 gradients underflow without loss scaling; the scaler is a pass-through for fp32 and bf16.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
         self.optimizer = build_optimizer(self.model, config)
         steps = min(len(self.train_loader), self.max_batches or len(self.train_loader))
         self.scheduler = build_scheduler(self.optimizer, config, steps, self.epochs)
@@ -339,6 +343,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "best_metric": self.early_stopping.best,
             "early_stopping": vars(self.early_stopping).copy(),
@@ -366,6 +371,8 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.early_stopping = EarlyStopping(**checkpoint["early_stopping"])
         self.history = list(checkpoint["history"])
         self.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))

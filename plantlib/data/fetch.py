@@ -18,7 +18,7 @@ import requests
 
 from plantlib.data.manifest import ManifestEntry, read_manifest, sha256_of
 from plantlib.errors import FetchError
-from plantlib.io import atomic_path
+from plantlib.io import atomic_path, remove_stale_temporaries
 from plantlib.paths import builtin_data_dir, manifest_path
 from plantlib.progress import progress
 
@@ -150,6 +150,8 @@ def fetch_dataset(
     dest = Path(dest or builtin_data_dir())
     entries = read_manifest(manifest or manifest_path())
     fetcher = _Fetcher(resolve_source(source), retries, timeout_s)
+    if dest.is_dir():
+        remove_stale_temporaries(dest)  # left by a fetch that was killed mid-write
     report = FetchReport(dest=dest, source=fetcher.describe())
     todo: list[ManifestEntry] = []
     for entry in entries:
