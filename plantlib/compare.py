@@ -37,7 +37,7 @@ def comparison_table(run_dirs: Sequence[Path], measure_speed: bool = True) -> pd
     rows = []
     for run_dir in map(Path, run_dirs):
         info = read_run_info(run_dir)
-        metrics = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         ci = metrics.get("ci95") or {}
         acc_ci = ci.get("accuracy") or [None, None]
         f1_ci = ci.get("f1_macro") or [None, None]

@@ -279,12 +279,15 @@ def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
     return wrong.sort_values("confidence", ascending=False, kind="stable")
 
 
-def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: str = "test") -> dict[str, Path]:
-    """Write `<prefix>_metrics.json` and `<prefix>_predictions.csv` atomically; return their paths."""
+def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: str = "") -> dict[str, Path]:
+    """Write `[<prefix>_]metrics.json` and `[<prefix>_]predictions.csv` atomically; return their paths.
+
+    A run's test split uses no prefix (`metrics.json`); other splits are named, e.g. `val_metrics.json`.
+    """
     out_dir = Path(out_dir)
     paths = {
-        "metrics": out_dir / f"{prefix}_metrics.json",
-        "predictions": out_dir / f"{prefix}_predictions.csv",
+        "metrics": out_dir / f"{prefix + '_' if prefix else ''}metrics.json",
+        "predictions": out_dir / f"{prefix + '_' if prefix else ''}predictions.csv",
     }
     write_json(paths["metrics"], metrics)
     atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))

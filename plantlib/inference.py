@@ -124,7 +124,7 @@ def evaluate_split(loaded: LoadedModel, split: str = "test", save: bool = True) 
     rows = data.frame(split)
     if data.classes != loaded.class_names:
         raise DataError(f"the data now has classes {data.classes}, the checkpoint {loaded.class_names}")
-    return _evaluate(loaded, rows, split, loaded.run_dir if save else None)
+    return _evaluate(loaded, rows, "" if split == "test" else split, loaded.run_dir if save else None)
 
 
 def evaluate_folder(
@@ -143,14 +143,14 @@ def evaluate_folder(
     rows["file"] = [data_dir / p for p in rows["path"]]
     rows["target"] = rows["label"].map({c: i for i, c in enumerate(loaded.class_names)})
     target_dir = out_dir or loaded.run_dir / "evaluations" / data_dir.name
-    return _evaluate(loaded, rows, "external", target_dir)
+    return _evaluate(loaded, rows, "", target_dir)
 
 
 def _evaluate(
     loaded: LoadedModel, rows: pd.DataFrame, prefix: str, out_dir: Path | None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     if rows.empty:
-        raise DataError(f"no images to evaluate for '{prefix}'")
+        raise DataError(f"no images to evaluate in {out_dir or 'this selection'}")
     loader = loaded.loader(rows["file"].tolist(), rows["target"].tolist())
     probs = predict_probabilities(loaded.model, loader, loaded.device, loaded.dtype)
     metrics = compute_metrics(rows["target"].to_numpy(), probs, loaded.class_names)

@@ -405,7 +405,7 @@ class Trainer:
         probs = predict_probabilities(self.model, self.test_loader, self.device, self.eval_dtype)[: len(rows)]
         metrics = compute_metrics(rows["target"].to_numpy(), probs, self.classes)
         frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, self.classes)
-        save_evaluation(self.run_dir, metrics, frame, prefix="test")
+        save_evaluation(self.run_dir, metrics, frame)
         return metrics
 
     def describe(self) -> str:

@@ -52,7 +52,7 @@ def test_evaluate_on_an_external_folder_prints_and_saves_metrics(trained_run: Pa
     result = plantlib("evaluate", str(trained_run / "best.pt"), "--data-dir", str(external))
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "95% CI" in result.stdout
-    saved = trained_run / "evaluations" / "external" / "external_metrics.json"
+    saved = trained_run / "evaluations" / "external" / "metrics.json"
     assert saved.is_file() and '"n": 6' in saved.read_text()
 
 

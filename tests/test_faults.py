@@ -116,8 +116,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_result(
     assert process.returncode == 0, stderr
     assert kills >= 1
     assert history(run_dir) == history(reference_run)
-    ours = json.loads((run_dir / "test_metrics.json").read_text())
-    theirs = json.loads((reference_run / "test_metrics.json").read_text())
+    ours = json.loads((run_dir / "metrics.json").read_text())
+    theirs = json.loads((reference_run / "metrics.json").read_text())
     assert ours["accuracy"] == theirs["accuracy"] and ours["log_loss"] == theirs["log_loss"]
     final, expected = load_checkpoint(last)["model"], load_checkpoint(reference_run / "last.pt")["model"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)

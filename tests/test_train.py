@@ -46,8 +46,8 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
         "history.json",
         "best.pt",
         "last.pt",
-        "test_metrics.json",
-        "test_predictions.csv",
+        "metrics.json",
+        "predictions.csv",
     } <= names
     assert RunConfig.from_json(result.run_dir / "config.json") == config
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
