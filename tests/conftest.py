@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from plantlib.config import RunConfig
 
 REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dandelion-vs-grass"
 
@@ -57,3 +61,28 @@ def isolated_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 def tiny_dataset(tmp_path: Path) -> Path:
     """Two classes of 12 images each."""
     return write_dataset(tmp_path / "tiny", {"cat": 12, "dog": 12})
+
+
+def run_cli(*args: str, root: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m plantlib ARGS` as a user runs it (optionally with its own project root)."""
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    if root is not None:
+        env["PLANTLIB_ROOT"] = str(root)
+    return subprocess.run(
+        [sys.executable, "-m", "plantlib", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def tiny_config(data_dir: Path, runs: Path, **changes) -> RunConfig:
+    """A run small enough for tests: 64 px, batches of 8, 3 epochs, half the images held out."""
+    values = {
+        "data_dir": str(data_dir),
+        "output_dir": str(runs),
+        "image_size": 64,
+        "batch_size": 8,
+        "epochs": 3,
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        "early_stopping_patience": None,
+    }
+    return RunConfig(**{**values, **changes})

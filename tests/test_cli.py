@@ -1,32 +1,18 @@
 """The command line, end to end through subprocesses, as a user runs it."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import pattern_image, write_dataset
-
-
-def plantlib(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "plantlib", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "default"},
-    )
+from tests.conftest import pattern_image, run_cli, write_dataset
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     data = write_dataset(root / "data", {"ant": 12, "bee": 12})
-    result = plantlib(
+    result = run_cli(
         "train",
         "--data-dir",
         str(data),
@@ -49,7 +35,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_evaluate_on_an_external_folder_prints_and_saves_metrics(trained_run: Path, tmp_path: Path) -> None:
     external = write_dataset(tmp_path / "external", {"ant": 3, "bee": 3}, seed=5)
-    result = plantlib("evaluate", str(trained_run / "best.pt"), "--data-dir", str(external))
+    result = run_cli("evaluate", str(trained_run / "best.pt"), "--data-dir", str(external))
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "95% CI" in result.stdout
     saved = trained_run / "evaluations" / "external" / "metrics.json"
@@ -57,7 +43,7 @@ def test_evaluate_on_an_external_folder_prints_and_saves_metrics(trained_run: Pa
 
 
 def test_evaluate_a_split_of_the_run(trained_run: Path) -> None:
-    result = plantlib("evaluate", str(trained_run), "--split", "val")
+    result = run_cli("evaluate", str(trained_run), "--split", "val")
     assert result.returncode == 0, result.stderr
     assert (trained_run / "val_metrics.json").is_file()
 
@@ -69,7 +55,7 @@ def test_predict_writes_one_row_per_readable_image(trained_run: Path, tmp_path: 
         pattern_image(500 + i).save(folder / f"img {i} é.jpg")
     (folder / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "preds.csv"
-    result = plantlib("predict", str(trained_run / "best.pt"), str(folder), "--out", str(out))
+    result = run_cli("predict", str(trained_run / "best.pt"), str(folder), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "skipped 1 of 4 files" in result.stderr
     frame = pd.read_csv(out)
@@ -89,12 +75,12 @@ def test_predict_writes_one_row_per_readable_image(trained_run: Path, tmp_path: 
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = plantlib(*args)
+    result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_evaluate_refuses_a_folder_with_unknown_classes(trained_run: Path, tmp_path: Path) -> None:
     other = write_dataset(tmp_path / "other", {"ant": 2, "wasp": 2})
-    result = plantlib("evaluate", str(trained_run / "best.pt"), "--data-dir", str(other))
+    result = run_cli("evaluate", str(trained_run / "best.pt"), "--data-dir", str(other))
     assert result.returncode == 2 and "classes ['wasp'] that the checkpoint does not know" in result.stderr

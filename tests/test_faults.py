@@ -19,7 +19,7 @@ from plantlib.data import fetch_dataset
 from plantlib.data.manifest import build_manifest, write_manifest
 from plantlib.paths import manifest_path
 from plantlib.train import Trainer
-from tests.conftest import pattern_image, write_dataset
+from tests.conftest import pattern_image, tiny_config, write_dataset
 
 TRAIN_ARGS = [
     "--epochs",
@@ -148,15 +148,7 @@ def test_two_runs_started_together_never_share_a_directory(data_dir: Path, tmp_p
 
 
 def test_a_checkpoint_of_another_backbone_or_class_list_is_refused(data_dir: Path, tmp_path: Path) -> None:
-    base = RunConfig(
-        data_dir=str(data_dir),
-        output_dir=str(tmp_path),
-        image_size=48,
-        batch_size=4,
-        epochs=1,
-        val_fraction=0.25,
-        test_fraction=0.25,
-    )
+    base = tiny_config(data_dir, tmp_path, image_size=48, batch_size=4, epochs=1)
     trainer = Trainer(base, show_progress=False)
     trainer.fit()
     checkpoint = load_checkpoint(trainer.run_dir / "last.pt")
@@ -174,15 +166,7 @@ def test_odd_images_train_end_to_end(tmp_path: Path) -> None:
     pattern_image(3).convert("CMYK").save(root / "bee" / "cmyk.jpg")
     pattern_image(4).convert("P").save(root / "bee" / "palette.gif")
     (root / "ant" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    config = RunConfig(
-        data_dir=str(root),
-        output_dir=str(tmp_path / "runs"),
-        image_size=48,
-        batch_size=4,
-        epochs=1,
-        val_fraction=0.25,
-        test_fraction=0.25,
-    )
+    config = tiny_config(root, tmp_path / "runs", image_size=48, batch_size=4, epochs=1)
     with pytest.warns(UserWarning, match="skipped 1 of 16 files"):
         result = Trainer(config, show_progress=False).fit()
     assert result.test_metrics["n"] == 4 and len(result.history) == 1

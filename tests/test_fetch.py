@@ -2,8 +2,6 @@
 
 import functools
 import http.server
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from plantlib.data import fetch_dataset
 from plantlib.data.manifest import build_manifest, read_manifest, sha256_of, write_manifest
 from plantlib.errors import FetchError
 from plantlib.paths import manifest_path
-from tests.conftest import real_mirror, requires_mirror, write_dataset
+from tests.conftest import real_mirror, requires_mirror, run_cli, write_dataset
 
 
 @pytest.fixture
@@ -85,12 +83,7 @@ def test_offline_without_a_mirror_says_how_to_point_at_one(
 
 
 def test_cli_errors_are_one_line_without_traceback(mirror: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "plantlib", "fetch-data", "--source", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("fetch-data", "--source", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "mirror folder" in result.stderr and "does not exist" in result.stderr

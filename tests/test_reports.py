@@ -1,33 +1,23 @@
 """`plantlib report` end to end on small synthetic data, checked as a reader would: in a real browser."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from plantlib.errors import ConfigError
 from plantlib.reports import NOTEBOOKS, plan_parameters
-from tests.conftest import write_dataset
+from tests.conftest import run_cli, write_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def plantlib(*args: str, root: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PLANTLIB_ROOT": str(root)}
-    return subprocess.run(
-        [sys.executable, "-m", "plantlib", *args], capture_output=True, text=True, env=env, check=False
-    )
 
 
 @pytest.fixture(scope="module")
 def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     data = write_dataset(root / "images", {"ant": 10, "bee": 10})
-    result = plantlib(
+    result = run_cli(
         "report",
         "--fast",
         "-p",
@@ -103,7 +93,7 @@ def test_unknown_report_parameters_fail_before_anything_runs() -> None:
 
 
 def test_a_failing_notebook_is_named_with_its_cell_and_still_exported(tmp_path: Path) -> None:
-    result = plantlib("report", "--only", "03_evaluate", "-p", f"run_dir={tmp_path / 'missing-run'}", root=tmp_path)
+    result = run_cli("report", "--only", "03_evaluate", "-p", f"run_dir={tmp_path / 'missing-run'}", root=tmp_path)
     assert result.returncode == 2
     assert "notebook 03_evaluate failed in cell" in result.stderr and "does not exist" in result.stderr
     page = tmp_path / "artifacts" / "reports" / "03_evaluate.html"

@@ -9,7 +9,7 @@ from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from plantlib.config import RunConfig
 from plantlib.errors import PlantlibError
 from plantlib.train import Trainer, build_optimizer, build_scheduler, train
-from tests.conftest import write_dataset
+from tests.conftest import tiny_config, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -18,18 +18,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny(data_dir: Path, tmp_path: Path, **changes) -> RunConfig:
-    values = dict(
-        data_dir=str(data_dir),
-        output_dir=str(tmp_path / "runs"),
-        image_size=64,
-        batch_size=8,
-        epochs=3,
-        val_fraction=0.25,
-        test_fraction=0.25,
-        early_stopping_patience=None,
-    )
-    values.update(changes)
-    return RunConfig(**values)
+    return tiny_config(data_dir, tmp_path / "runs", **changes)
 
 
 def without_timing(history: list[dict]) -> list[dict]:
