@@ -9,7 +9,7 @@ KERNEL := plantlib
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser data report test lint format lab clean
+.PHONY: help setup browser data report test bench lint format lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ browser: ## install Debian's chromium for the report rendering tests, when missi
 
 test: setup browser ## run the test suite
 	$(BIN)/python -m pytest
+
+bench: data ## time training epochs: plantlib vs the PyTorch tutorial recipe (artifacts/bench/)
+	$(BIN)/python -m benchmarks.bench_epoch
 
 lint: setup ## ruff lint + format check (notebooks included)
 	$(BIN)/ruff check .
