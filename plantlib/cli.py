@@ -106,6 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import yaml
 
+    from plantlib.paths import reports_dir
     from plantlib.reports import check_all_ok, run_reports
 
     parameters: dict[str, Any] = {}
@@ -121,9 +122,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not sep:
             raise PlantlibError(f"-p {item!r}: write NAME=VALUE, e.g. -p epochs=3")
         parameters[name.strip()] = yaml.safe_load(value)
-    runs = run_reports(parameters, fast=args.fast, out_dir=args.out_dir, only=args.only)
-    index = args.out_dir or runs[0].ipynb.parent if runs and runs[0].ipynb else args.out_dir
-    print(f"reports: {index}/index.html" if index else "no report written")
+    out_dir = args.out_dir or reports_dir()
+    runs = run_reports(parameters, fast=args.fast, out_dir=out_dir, only=args.only)
+    print(f"reports: {out_dir / 'index.html'}")
     check_all_ok(runs)
     return 0
 
