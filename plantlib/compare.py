@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from plantlib.data import prepare_data
-from plantlib.inference import load_model
+from plantlib.inference import load_model, run_data
 from plantlib.models import offline_backbones
 from plantlib.runs import read_run_info
 
@@ -23,9 +22,7 @@ def default_backbones() -> list[str]:
 def inference_ms_per_image(run_dir: Path, max_images: int = 64, batch_size: int = 32) -> float:
     """Milliseconds per test image for decode + preprocess + forward, batched, after one warm-up batch."""
     loaded = load_model(Path(run_dir))
-    info = read_run_info(run_dir)
-    config = loaded.config.replace(split_file=info.get("split_file"), data_dir=info.get("data_dir"))
-    files = prepare_data(config, show_progress=False).frame("test")["file"].tolist()[:max_images]
+    files = run_data(loaded).frame("test")["file"].tolist()[:max_images]
     loaded.probabilities(files[:batch_size], batch_size)  # warm-up: first-call allocations, kernel selection
     started = time.perf_counter()
     loaded.probabilities(files, batch_size)

@@ -6,7 +6,6 @@ trainer, the CLI and the notebooks share one definition of every number they pri
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from sklearn.metrics import (
 from torch.utils.data import DataLoader
 
 from plantlib.io import atomic_write, write_json
+from plantlib.runtime import maybe_autocast
 
 # Rows must sum to one within this before metrics trust them; anything further off is probably logits.
 _PROBABILITY_TOLERANCE = 1e-3
@@ -54,12 +54,7 @@ def predict_probabilities(
                 images = images.to(device, non_blocking=True)
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=torch.channels_last)
-                autocast = (
-                    torch.autocast(device_type=device.type, dtype=autocast_dtype)
-                    if autocast_dtype is not None
-                    else contextlib.nullcontext()
-                )
-                with autocast:
+                with maybe_autocast(device, autocast_dtype):
                     logits = model(images)
                 chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:

@@ -16,8 +16,8 @@ from plantlib.checkpoint import CheckpointError, load_checkpoint
 from plantlib.config import RunConfig
 from plantlib.data import DataWarning, DecodedImageCache, ImageDataset, Normalization, eval_transform, make_loader
 from plantlib.data.dataset import resize_side
-from plantlib.data.images import ImageDecodeError, is_image_name, load_rgb
-from plantlib.data.prepare import prepare_data
+from plantlib.data.images import ImageDecodeError, is_image_name
+from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
 from plantlib.errors import DataError
 from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
@@ -43,15 +43,24 @@ class LoadedModel:
     def run_dir(self) -> Path:
         return self.checkpoint_path.parent
 
+    def image_cache(self) -> DecodedImageCache:
+        return DecodedImageCache(max_side=resize_side(self.image_size))
+
     def loader(
-        self, files: Sequence[Path], targets: Sequence[int], batch_size: int = 32
+        self,
+        files: Sequence[Path],
+        targets: Sequence[int],
+        batch_size: int = 32,
+        cache: DecodedImageCache | None = None,
     ) -> torch.utils.data.DataLoader:
-        cache = DecodedImageCache(max_side=resize_side(self.image_size))
-        dataset = ImageDataset(files, targets, eval_transform(self.image_size, self.normalization), cache)
+        transform = eval_transform(self.image_size, self.normalization)
+        dataset = ImageDataset(files, targets, transform, cache or self.image_cache())
         return make_loader(dataset, batch_size, shuffle=False, seed=0)
 
-    def probabilities(self, files: Sequence[Path], batch_size: int = 32) -> np.ndarray:
-        loader = self.loader(files, [0] * len(files), batch_size)
+    def probabilities(
+        self, files: Sequence[Path], batch_size: int = 32, cache: DecodedImageCache | None = None
+    ) -> np.ndarray:
+        loader = self.loader(files, [0] * len(files), batch_size, cache)
         return predict_probabilities(self.model, loader, self.device, self.dtype)
 
 
@@ -84,8 +93,11 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") 
     )
 
 
-def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand folders to their image files and drop unreadable ones (returned with the reason)."""
+def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand folders to their image files and drop unreadable ones (returned with the reason).
+
+    Each readable image is decoded into `cache`, so predicting on it afterwards decodes nothing again.
+    """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -95,7 +107,7 @@ def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path,
     good, bad = [], []
     for file in files:
         try:
-            load_rgb(file)
+            cache.get(file)
             good.append(file)
         except ImageDecodeError as error:
             bad.append((file, str(error)))
@@ -107,20 +119,26 @@ def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path,
 
 def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
     """Class probabilities for image files or folders of them; unreadable files are skipped with a warning."""
-    files, _ = readable_images(paths)
+    cache = loaded.image_cache()
+    files, _ = readable_images(paths, cache)
     if not files:
         raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
-    probs = loaded.probabilities(files, batch_size)
+    probs = loaded.probabilities(files, batch_size, cache)
     return predictions_frame([str(f) for f in files], None, probs, loaded.class_names)
 
 
-def evaluate_split(loaded: LoadedModel, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics of the checkpoint on a split of the data it was trained on (the same split file)."""
+def run_data(loaded: LoadedModel) -> PreparedData:
+    """The data a checkpoint's run was trained on: its recorded folder and split file, never a new split."""
     config = loaded.config
     info = read_run_info(loaded.run_dir)
     if info.get("split_file") and Path(info["split_file"]).is_file():
         config = config.replace(split_file=info["split_file"], data_dir=info.get("data_dir", config.data_dir))
-    data = prepare_data(config.replace(new_split=False), show_progress=False)
+    return prepare_data(config.replace(new_split=False), show_progress=False)
+
+
+def evaluate_split(loaded: LoadedModel, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of the checkpoint on a split of the data it was trained on (the same split file)."""
+    data = run_data(loaded)
     rows = data.frame(split)
     if data.classes != loaded.class_names:
         raise DataError(f"the data now has classes {data.classes}, the checkpoint {loaded.class_names}")
