@@ -37,8 +37,8 @@ browser: ## install Debian's chromium for the report rendering tests, when missi
 test: setup browser ## run the test suite
 	$(BIN)/python -m pytest
 
-bench: data ## time training epochs: plantlib vs the PyTorch tutorial recipe (artifacts/bench/)
-	$(BIN)/python -m benchmarks.bench_epoch
+bench: data ## speed and memory vs the PyTorch tutorial recipe (artifacts/bench/bench.md)
+	$(BIN)/python -m benchmarks.bench
 
 lint: setup ## ruff lint + format check (notebooks included)
 	$(BIN)/ruff check .

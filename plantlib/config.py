@@ -54,7 +54,10 @@ class RunConfig:
     # training
     finetune: str = option("full", "'full', 'head' (frozen backbone) or 'two_stage' (head first, then everything)")
     head_epochs: int = option(2, "epochs of the head-only stage when finetune='two_stage'")
-    freeze_bn: bool = option(True, "keep the backbone's BatchNorm statistics fixed while fine-tuning")
+    freeze_bn: bool = option(
+        True, "keep the backbone's BatchNorm statistics fixed while fine-tuning (folded into the convolutions)"
+    )
+    frozen_blocks: int = option(0, "leading backbone blocks (the stem counts as one) kept frozen; 0: train all")
     epochs: int = option(6, "passes over the training set")
     batch_size: int = option(32, "images per training step")
     optimizer: str = option("adam", "'adam', 'adamw' or 'sgd'")
@@ -78,6 +81,9 @@ class RunConfig:
     device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
     precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
     num_workers: int = option(0, "DataLoader worker processes")
+    cache_memory_mb: float = option(
+        1024.0, "memory for decoded images; beyond it they are kept in a temporary file in artifacts/cache"
+    )
     output_dir: str | None = option(None, "where run directories go; None: artifacts/runs")
     fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
     max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
@@ -200,6 +206,7 @@ def _check_values(c: RunConfig) -> None:
     _require(c.image_size >= 32, "image_size", c.image_size, "use 32 pixels or more (224 is the default)")
     _require(c.epochs >= 1, "epochs", c.epochs, "use 1 or more")
     _require(c.head_epochs >= 0, "head_epochs", c.head_epochs, "use 0 or more")
+    _require(c.frozen_blocks >= 0, "frozen_blocks", c.frozen_blocks, "use 0 (train every block) or more")
     _require(c.batch_size >= 1, "batch_size", c.batch_size, "use 1 or more")
     _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "use a positive number such as 1e-3")
     _require(c.backbone_lr_factor > 0, "backbone_lr_factor", c.backbone_lr_factor, "use a positive number")
@@ -220,5 +227,6 @@ def _check_values(c: RunConfig) -> None:
         "use 0 or more",
     )
     _require(c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more")
+    _require(c.cache_memory_mb >= 0, "cache_memory_mb", c.cache_memory_mb, "use 0 (all on disk) or more")
     _require(c.max_batches is None or c.max_batches >= 1, "max_batches", c.max_batches, "use 1 or more, or None")
     _require(c.seed >= 0, "seed", c.seed, "use a non-negative integer")

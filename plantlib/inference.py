@@ -21,6 +21,7 @@ from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
 from plantlib.errors import DataError
 from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
+from plantlib.folding import fold_batchnorm
 from plantlib.models import Classifier, build_model
 from plantlib.runs import read_run_info
 from plantlib.runtime import autocast_dtype, resolve_device
@@ -72,13 +73,21 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") 
     payload = load_checkpoint(path)
     config = RunConfig.from_dict(payload["config"])
     target = resolve_device(device)
+    folded = bool(payload.get("bn_folded", False))
     model = build_model(
-        payload["backbone"], len(payload["class_names"]), pretrained=False, head=payload["head"], dropout=config.dropout
+        payload["backbone"],
+        len(payload["class_names"]),
+        pretrained=False,
+        head=payload["head"],
+        dropout=config.dropout,
+        fold_bn=folded,
     )
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not match backbone {payload['backbone']}: {error}") from error
+    if not folded:
+        fold_batchnorm(model.backbone)  # exact in evaluation mode, and faster
     model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
     return LoadedModel(

@@ -20,6 +20,7 @@ from torchvision.models import get_model, get_weight
 
 from plantlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from plantlib.errors import ConfigError, PlantlibError
+from plantlib.folding import fold_batchnorm, make_same_padding_static
 
 IMAGENET_NORMALIZATION = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 # The TF originals feed (pixel - 127) / 128 on the 0..255 scale. Checked on real images: with these values the
@@ -168,6 +169,7 @@ def _imagenet_network(spec: BackboneSpec, pretrained: bool) -> nn.Module:
 
         # image_size=None selects TF-style "same" padding computed per input, so any input size is correct.
         net = EfficientNet.from_name(spec.arch, image_size=None)
+        make_same_padding_static(net)
         if pretrained:
             try:
                 path = _lite_weights_file(spec)
@@ -247,10 +249,17 @@ class Classifier(nn.Module):
 
 
 def build_model(
-    backbone: str, num_classes: int, pretrained: bool = True, head: str = "mlp", dropout: float = 0.5
+    backbone: str,
+    num_classes: int,
+    pretrained: bool = True,
+    head: str = "mlp",
+    dropout: float = 0.5,
+    fold_bn: bool = False,
 ) -> Classifier:
     """A classifier for `num_classes` on top of `backbone`; pretrained=False never touches the network.
 
+    fold_bn=True folds the backbone's BatchNorm into its convolutions (see `plantlib.folding`): the fast form
+    for fine-tuning with fixed BatchNorm statistics, and for inference. Checkpoints record which form they hold.
     The mlp head's BatchNorm layers need batches of two or more images in training mode.
     """
     spec = get_spec(backbone)
@@ -260,13 +269,43 @@ def build_model(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     head_module = make_head(head, spec.num_features, num_classes, dropout)
     net = _strip_classifier(spec, _imagenet_network(spec, pretrained))
+    if fold_bn:
+        fold_batchnorm(net)
     return Classifier(net, head_module, spec.num_features, spec.name)
 
 
-def set_backbone_trainable(model: Classifier, trainable: bool) -> None:
-    """Freeze (False) or unfreeze (True) the backbone's parameters; the head stays trainable."""
+def backbone_blocks(model: Classifier) -> list[list[nn.Module]]:
+    """The backbone's blocks from input to output (the stem first), the units `frozen_blocks` counts."""
+    net, source = model.backbone, get_spec(model.backbone_name).source
+    if source == "efficientnet_lite":
+        return [[net._conv_stem, net._bn0], *([block] for block in net._blocks), [net._conv_head, net._bn1]]
+    if hasattr(net, "layer1"):  # resnets
+        return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+    return [[stage] for stage in net.features]  # efficientnet_b0, mobilenet_v2
+
+
+def frozen_modules(model: Classifier, frozen_blocks: int) -> list[nn.Module]:
+    """The modules of the first `frozen_blocks` backbone blocks; too large a number is a clear error."""
+    blocks = backbone_blocks(model)
+    if not 0 <= frozen_blocks <= len(blocks):
+        raise ConfigError(
+            f"frozen_blocks={frozen_blocks} is not allowed; {model.backbone_name} has {len(blocks)} blocks "
+            f"(stem first), use 0 to {len(blocks)}"
+        )
+    return [module for block in blocks[:frozen_blocks] for module in block]
+
+
+def set_backbone_trainable(model: Classifier, trainable: bool, frozen_blocks: int = 0) -> None:
+    """Freeze (False) or unfreeze (True) the backbone; with `frozen_blocks`, its first blocks stay frozen.
+
+    Frozen leading blocks get no gradient, so their activations are not kept for the backward pass: less
+    memory and no backward through the largest feature maps. The head stays trainable.
+    """
     for param in model.backbone.parameters():
         param.requires_grad_(trainable)
+    for module in frozen_modules(model, frozen_blocks):
+        for param in module.parameters():
+            param.requires_grad_(False)
 
 
 def parameter_counts(model: Classifier) -> dict[str, int]:

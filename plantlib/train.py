@@ -35,12 +35,14 @@ from plantlib.io import write_json
 from plantlib.models import (
     Classifier,
     build_model,
+    frozen_modules,
     model_size_mb,
     normalization_for,
     parameter_counts,
     set_backbone_trainable,
     weights_source,
 )
+from plantlib.paths import artifacts_dir
 from plantlib.progress import progress
 from plantlib.runs import new_run_dir, read_run_info, write_run_info
 from plantlib.runtime import (
@@ -138,11 +140,14 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
     model.train()
     if not trainer.backbone_trainable:
         model.backbone.eval()  # a frozen backbone is a fixed feature extractor
-    elif config.freeze_bn:
-        # Pretrained statistics beat ones re-estimated from a few hundred augmented images.
-        for module in model.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    else:
+        for module in frozen_modules(model, config.frozen_blocks):
+            module.eval()  # frozen leading blocks: fixed feature extractors too
+        if config.freeze_bn:
+            # Pretrained statistics beat ones re-estimated from a few hundred augmented images.
+            for module in model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
     total_loss, correct, seen = 0.0, 0, 0
     limit = trainer.max_batches or len(loader)
     bar = progress(total=min(limit, len(loader)), desc=f"epoch {epoch}/{trainer.epochs}", unit="batch", leave=False)
@@ -214,10 +219,22 @@ class Trainer:
 
         keep_freed_memory()
         seed_everything(config.seed)
+        # Fixed BatchNorm (freeze_bn, or a head-only run) is folded into the convolutions: same function, faster.
+        self.bn_folded = config.freeze_bn or config.finetune == "head"
         self.model = build_model(
-            config.backbone, len(self.classes), config.pretrained, head=config.head, dropout=config.dropout
+            config.backbone,
+            len(self.classes),
+            config.pretrained,
+            head=config.head,
+            dropout=config.dropout,
+            fold_bn=self.bn_folded,
         ).to(self.device, memory_format=torch.channels_last)
-        cache = DecodedImageCache(max_side=resize_side(config.image_size))
+        frozen_modules(self.model, config.frozen_blocks)  # an impossible frozen_blocks fails before any work
+        self.image_cache = cache = DecodedImageCache(
+            max_side=resize_side(config.image_size),
+            memory_budget_mb=config.cache_memory_mb,
+            spill_dir=artifacts_dir() / "cache",
+        )
         self.train_set = self._dataset("train", train_transform(config.image_size, self.normalization), cache)
         self.val_set = self._dataset("val", eval_transform(config.image_size, self.normalization), cache)
         self.test_set = self._dataset("test", eval_transform(config.image_size, self.normalization), cache)
@@ -302,6 +319,7 @@ class Trainer:
         self.train_loader.generator.manual_seed(seed + 1)
         lr = self.optimizer.param_groups[-1]["lr"]
         train_loss, train_accuracy = train_one_epoch(self, self.train_loader, epoch)
+        train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = evaluate_epoch(self, self.val_loader)
         monitored = val_loss if self.config.early_stopping_monitor == "val_loss" else val_accuracy
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -317,6 +335,7 @@ class Trainer:
             "val_accuracy": val_accuracy,
             "lr": lr,
             "seconds": round(seconds, 3),
+            "train_seconds": round(train_seconds, 3),
             "backbone_trainable": self.backbone_trainable,
         }
         self.history.append(record)
@@ -334,7 +353,7 @@ class Trainer:
     def _set_stage(self, epoch: int) -> None:
         mode = self.config.finetune
         trainable = mode == "full" or (mode == "two_stage" and epoch > self.config.head_epochs)
-        set_backbone_trainable(self.model, trainable)
+        set_backbone_trainable(self.model, trainable, self.config.frozen_blocks)
         self.backbone_trainable = trainable
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -353,6 +372,7 @@ class Trainer:
             "class_names": list(self.classes),
             "backbone": self.config.backbone,
             "head": self.config.head,
+            "bn_folded": self.bn_folded,
             "image_size": self.config.image_size,
             "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
             "rng": rng_state(),

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from plantlib.data import DecodedImageCache, ImageDataset, eval_transform, make_loader, train_transform
-from plantlib.data import dataset as dataset_module
+from plantlib.data import DataWarning, DecodedImageCache, ImageDataset, eval_transform, make_loader, train_transform
+from plantlib.data import cache as cache_module
 
 
 def _dataset(root: Path, transform, cache=None) -> ImageDataset:
@@ -39,8 +39,8 @@ def test_eval_is_deterministic_and_train_augmentation_follows_the_seed(tiny_data
 
 def test_each_image_is_decoded_once_per_process(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[Path] = []
-    real = dataset_module.load_rgb
-    monkeypatch.setattr(dataset_module, "load_rgb", lambda p: decoded.append(p) or real(p))
+    real = cache_module.load_rgb
+    monkeypatch.setattr(cache_module, "load_rgb", lambda p: decoded.append(p) or real(p))
     cache = DecodedImageCache(max_side=40)
     data = _dataset(tiny_dataset, train_transform(32), cache)
     for _ in range(3):
@@ -58,3 +58,34 @@ def test_loader_order_follows_the_seed(tiny_dataset: Path) -> None:
 
     assert order(3) == order(3)
     assert [order(s) for s in range(4)] != [order(3)] * 4
+
+
+def test_images_past_the_memory_budget_spill_to_disk_and_read_back_equal(tiny_dataset: Path, tmp_path: Path) -> None:
+    files = sorted(tiny_dataset.rglob("*.jpg"))
+    in_memory = DecodedImageCache(max_side=40)
+    one_image_mb = in_memory.get(files[0]).numel() / 2**20
+    spilling = DecodedImageCache(max_side=40, memory_budget_mb=2.5 * one_image_mb, spill_dir=tmp_path / "spill")
+    with pytest.warns(DataWarning, match="exceed the cache's memory budget"):
+        for file in files:
+            spilling.get(file)
+    stats = spilling.stats()
+    assert stats["images"] == len(files) and stats["in_memory"] == 2 and stats["on_disk"] == len(files) - 2
+    assert spilling.nbytes() <= spilling.memory_budget_bytes and spilling.disk_bytes() > 0
+    for file in files:
+        assert torch.equal(spilling.get(file), in_memory.get(file))
+    assert [p.name for p in (tmp_path / "spill").iterdir()] == []  # the spill file is unlinked from the start
+    spilling.close()
+
+
+def test_a_forked_worker_never_appends_to_the_parents_spill_file(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = sorted(tiny_dataset.rglob("*.jpg"))
+    cache = DecodedImageCache(max_side=40, memory_budget_mb=0, spill_dir=tmp_path)
+    with pytest.warns(DataWarning):
+        cache.get(files[0])
+    monkeypatch.setattr(cache_module.os, "getpid", lambda: -1)  # as seen from another process
+    size = cache.disk_bytes()
+    image = cache.get(files[1])
+    assert image.shape[0] == 3 and cache.disk_bytes() == size and cache.uncached_decodes == 1
+    assert torch.equal(cache.get(files[0]), DecodedImageCache(max_side=40).get(files[0]))

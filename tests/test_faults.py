@@ -60,7 +60,7 @@ def resume(run_dir: Path) -> subprocess.CompletedProcess:
 
 def history(run_dir: Path) -> list[dict]:
     rows = json.loads((run_dir / "history.json").read_text())
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
 
 
 @pytest.fixture(scope="module")

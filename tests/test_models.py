@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 
 import numpy as np
@@ -13,10 +14,12 @@ from torchvision.models import ResNet18_Weights
 
 from plantlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization, eval_transform
 from plantlib.errors import ConfigError, PlantlibError
+from plantlib.folding import fold_batchnorm, has_batchnorm2d, make_same_padding_static
 from plantlib.models import (
     BACKBONES,
     Classifier,
     WeightsUnavailableError,
+    backbone_blocks,
     backbone_names,
     build_model,
     get_spec,
@@ -185,3 +188,70 @@ def test_missing_torchvision_weights_offline_names_file_and_directory(monkeypatc
     assert "resnet18-f37072fd.pth" in message and str(checkpoints) in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2" in message
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_folded_batchnorm_computes_the_same_function(name: str):
+    torch.manual_seed(0)
+    plain = build_model(name, 2, pretrained=name in LITE).eval()
+    for module in plain.backbone.modules():  # non-trivial statistics, so a wrong fold cannot pass by luck
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    folded = copy.deepcopy(plain)
+    assert fold_batchnorm(folded.backbone) > 0
+    assert not has_batchnorm2d(folded.backbone)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), plain(x), rtol=1e-3, atol=5e-3)  # fp32 rounding, 16+ blocks deep
+    convs_with_bias = [m for m in folded.backbone.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+    assert convs_with_bias and all(m.bias.requires_grad for m in convs_with_bias)
+
+
+def test_fold_batchnorm_refuses_a_conv_output_used_twice():
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.bn.running_mean.fill_(1.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y  # the raw conv output is needed too: folding would change it
+
+    net = Reuse().eval()
+    x = torch.rand(1, 3, 8, 8)
+    expected = net(x)
+    with pytest.raises(ValueError, match="changed the network's output"):
+        fold_batchnorm(net, x)
+    assert isinstance(net.bn, nn.BatchNorm2d)
+    torch.testing.assert_close(net(x), expected)  # left exactly as it was
+
+
+def test_static_same_padding_matches_the_dynamic_padding():
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+
+    torch.manual_seed(0)
+    dynamic = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()
+    static = copy.deepcopy(dynamic)
+    replaced = make_same_padding_static(static)
+    remaining = [m for m in static.modules() if isinstance(m, Conv2dDynamicSamePadding)]
+    assert replaced > 30 and remaining and all(m.stride[0] == 2 for m in remaining)
+    for size in (224, 97):  # odd sizes too
+        x = torch.rand(1, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(static(x), dynamic(x))
+
+
+def test_frozen_blocks_freeze_the_leading_blocks_only():
+    model = build_model("resnet18", 2, pretrained=False)
+    blocks = backbone_blocks(model)
+    assert len(blocks) == 5 and blocks[0] == [model.backbone.conv1, model.backbone.bn1]
+    set_backbone_trainable(model, True, frozen_blocks=2)
+    frozen = {id(p) for m in blocks[0] + blocks[1] for p in m.parameters()}
+    for param in model.parameters():
+        assert param.requires_grad == (id(param) not in frozen)
+    assert len(backbone_blocks(build_model("efficientnet_lite0", 2, pretrained=False))) == 18
+    with pytest.raises(ConfigError, match="resnet18 has 5 blocks"):
+        set_backbone_trainable(model, True, frozen_blocks=6)

@@ -22,7 +22,7 @@ def tiny(data_dir: Path, tmp_path: Path, **changes) -> RunConfig:
 
 
 def without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]
 
 
 def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, tmp_path: Path) -> None:
@@ -140,3 +140,35 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "foreign.pt")
     save_checkpoint(tmp_path / "ok.pt", {"epoch": 1})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_frozen_blocks_stay_fixed_and_the_checkpoint_predicts_as_the_run_did(
+    data_dir: Path, tmp_path: Path, freeze_bn: bool
+) -> None:
+    import pandas as pd
+
+    from plantlib.folding import has_batchnorm2d
+    from plantlib.inference import evaluate_split, load_model
+    from plantlib.models import backbone_blocks
+
+    config = tiny(data_dir, tmp_path, epochs=1, frozen_blocks=3, freeze_bn=freeze_bn)
+    trainer = Trainer(config, show_progress=False)
+    assert has_batchnorm2d(trainer.model.backbone) is not freeze_bn  # fixed statistics are folded away
+    blocks = backbone_blocks(trainer.model)
+    frozen_before = [p.detach().clone() for m in blocks[0] + blocks[1] + blocks[2] for p in m.parameters()]
+    later_before = [p.detach().clone() for m in blocks[-1] for p in m.parameters()]
+    result = trainer.fit()
+    frozen_after = [p for m in blocks[0] + blocks[1] + blocks[2] for p in m.parameters()]
+    later_after = [p for m in blocks[-1] for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(later_before, later_after, strict=True))
+    assert load_checkpoint(result.run_dir / "best.pt")["bn_folded"] is freeze_bn
+
+    loaded = load_model(result.run_dir / "best.pt")
+    assert not has_batchnorm2d(loaded.model.backbone)  # inference always runs the folded form
+    _, frame = evaluate_split(loaded, "test", save=False)
+    recorded = pd.read_csv(result.run_dir / "predictions.csv")
+    assert frame["path"].tolist() == recorded["path"].tolist()
+    for column in ("p_ant", "p_bee"):
+        assert frame[column].to_numpy() == pytest.approx(recorded[column].to_numpy(), abs=1e-4)

@@ -1,4 +1,4 @@
-"""Datasets, transforms and loaders: images decoded once per process, augmented on the fly, seeded."""
+"""Datasets, transforms and loaders: images decoded once per process (see `cache`), augmented on the fly, seeded."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from plantlib.data.images import load_rgb
+from plantlib.data.cache import DecodedImageCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,39 +57,6 @@ def eval_transform(image_size: int = 224, norm: Normalization = Normalization())
             v2.Normalize(norm.mean, norm.std),
         ]
     )
-
-
-class DecodedImageCache:
-    """Decoded, downsized uint8 images kept in memory so no JPEG is decoded twice in a process.
-
-    Images are stored with their shorter side at most `max_side` pixels (enough for any crop of the
-    configured size), as CHW uint8 tensors that the v2 transforms take directly.
-    """
-
-    def __init__(self, max_side: int) -> None:
-        self.max_side = max_side
-        self._images: dict[str, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() for t in self._images.values())
-
-    def get(self, path: Path) -> torch.Tensor:
-        key = str(path)
-        image = self._images.get(key)
-        if image is None:
-            image = self._images[key] = self._decode(Path(path))
-        return image
-
-    def _decode(self, path: Path) -> torch.Tensor:
-        rgb, _ = load_rgb(path)
-        shorter = min(rgb.size)
-        if shorter > self.max_side:
-            scale = self.max_side / shorter
-            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), resample=3)
-        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 class ImageDataset(Dataset):

@@ -1,0 +1,248 @@
+"""plantlib vs the PyTorch tutorial recipe: training epochs, time to accuracy, inference, memory, scaling.
+
+Every figure comes from its own process (`benchmarks.measure`), the two recipes alternating inside one
+invocation so their ratio holds on a noisy machine. The reference's full 25-epoch run (about 18 minutes on
+2 CPU cores) is kept in artifacts/bench/reference-full.json and reused while the machine, the software and
+the split are the same; `--rerun-reference` measures it again. Writes artifacts/bench/bench.json and
+bench.md (the tables the README quotes).
+
+    python -m benchmarks.bench [--device cpu|cuda] [--skip-scaling] [--rerun-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.measure import BENCH_DIR
+from plantlib.io import write_json, write_text
+
+TARGETS = {
+    "epoch_speedup_b32": 3.0,
+    "time_to_accuracy_fraction": 1 / 5,
+    "single_image_ms": 20.0,
+    "batched_images_per_s": 60.0,
+    "train_peak_rss_mb": 2048.0,
+}
+
+
+def run(name: str, **arguments: Any) -> dict[str, Any]:
+    """One measurement in a fresh process; its last stdout line is the JSON result."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "benchmarks.measure", name, json.dumps(arguments)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PLANTLIB_PROGRESS": "off"})
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"benchmark step {name} {arguments} failed (exit {done.returncode}); output above")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"  {name} {arguments}: {result['process_seconds']:.0f} s", flush=True)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+
+
+def reference_fingerprint(device: str) -> str:
+    """What the reference's full run depends on: machine, software, its code, the model code and the split."""
+    root = Path(__file__).resolve().parents[1]
+    parts = [json.dumps(machine(), sort_keys=True), device]
+    for name in ("benchmarks/reference.py", "plantlib/models.py", "plantlib/folding.py"):
+        parts.append((root / name).read_text())
+    splits = sorted((root / "data" / "splits").glob("dandelion-vs-grass-*-seed42-70-15-15.csv"))
+    parts += [s.read_text() for s in splits]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def reference_full(device: str, rerun: bool) -> dict[str, Any]:
+    """The tutorial's 25-epoch run: measured once per fingerprint, then reused."""
+    cache = BENCH_DIR / f"reference-full-{device}.json"
+    fingerprint = reference_fingerprint(device)
+    if cache.is_file() and not rerun:
+        stored = json.loads(cache.read_text())
+        if stored.get("fingerprint") == fingerprint:
+            print(f"  reference_full: reused {cache.name} (measured {stored['measured_at']})", flush=True)
+            return stored
+    print("  reference_full: running the tutorial's 25 epochs (stored for later runs)", flush=True)
+    result = run("reference_full", device=device)
+    result.update(fingerprint=fingerprint, measured_at=time.strftime("%Y-%m-%d %H:%M"))
+    write_json(cache, result)
+    return result
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def tables(results: dict[str, Any]) -> str:
+    """The Markdown the README quotes."""
+    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, device "
+             f"{results['device']}, torch {results['machine']['torch']}.", ""]
+    lines += [
+        "| training, full fine-tuning, lite0 224 px | reference | plantlib | plantlib / reference |",
+        "| --- | --- | --- | --- |",
+    ]
+    for batch in results["batch_sizes"]:
+        ref, ours = results["epochs"][str(batch)]["reference"], results["epochs"][str(batch)]["plantlib"]
+        lines.append(
+            f"| s/epoch, batch {batch} (train + val) | {ref['steady_epoch_s']:.1f} | {ours['steady_epoch_s']:.1f} "
+            f"| {ratio(ref['steady_epoch_s'], ours['steady_epoch_s']):.2f}× faster |"
+        )
+        lines.append(
+            f"| train images/s, batch {batch} | {ref['train_images_per_s']:.1f} | {ours['train_images_per_s']:.1f} "
+            f"| {ratio(ours['train_images_per_s'], ref['train_images_per_s']):.2f}× |"
+        )
+        lines.append(
+            f"| eval images/s, batch {batch} | {ref['eval_images_per_s']:.1f} | {ours['eval_images_per_s']:.1f} "
+            f"| {ratio(ours['eval_images_per_s'], ref['eval_images_per_s']):.2f}× |"
+        )
+        lines.append(
+            f"| peak RSS, batch {batch} | {ref['peak_rss_mb']:.0f} MB | {ours['peak_rss_mb']:.0f} MB "
+            f"| {ratio(ours['peak_rss_mb'], ref['peak_rss_mb']):.2f}× |"
+        )
+    full, default = results.get("reference_full"), results["default_run"]
+    if full:
+        lines += [
+            "",
+            "| time to accuracy | reference (tutorial, 25 epochs, batch 4) | plantlib default recipe | ratio |",
+            "| --- | --- | --- | --- |",
+            f"| wall time | {full['seconds']:.0f} s | {default['seconds']:.0f} s "
+            f"| {ratio(default['seconds'], full['seconds']):.3f} of the reference's |",
+            f"| test accuracy | {full['test_accuracy']:.3f} | {default['test_accuracy']:.3f} | |",
+            f"| peak RSS | {full['peak_rss_mb']:.0f} MB | {default['peak_rss_mb']:.0f} MB | |",
+        ]
+    ref_inf, ours_inf = results["inference"]["reference"], results["inference"]["plantlib"]
+    lines += [
+        "",
+        "| inference (decode + preprocess + forward) | reference | plantlib | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| single image, median ms | {ref_inf['single_image_ms']:.1f} | {ours_inf['single_image_ms']:.1f} "
+        f"| {ratio(ref_inf['single_image_ms'], ours_inf['single_image_ms']):.2f}× faster |",
+        f"| batched (32), images/s | {ref_inf['batched_images_per_s']:.1f} | "
+        f"{ours_inf['batched_images_per_s']:.1f} "
+        f"| {ratio(ours_inf['batched_images_per_s'], ref_inf['batched_images_per_s']):.2f}× |",
+    ]
+    if results.get("scaling"):
+        lines += [
+            "",
+            "| scaling (default recipe) | train images | first epoch s | steady epoch s | train images/s "
+            "| decoded cache in memory / on disk | peak RSS |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in results["scaling"]:
+            cache = row["cache"]
+            lines.append(
+                f"| {row['factor']}× | {row['train_images']} | {row['first_epoch_s']:.1f} | "
+                f"{row['steady_epoch_s']:.1f} | {row['train_images_per_s']:.1f} | "
+                f"{cache['memory_mb']:.0f} MB / {cache['disk_mb']:.0f} MB (budget {cache['budget_mb']:.0f} MB) | "
+                f"{row['peak_rss_mb']:.0f} MB |"
+            )
+    return "\n".join(lines)
+
+
+def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(target, met, figures) for the targets of the speed work."""
+    b32 = results["epochs"].get("32")
+    checks = []
+    if b32:
+        speedup = ratio(b32["reference"]["steady_epoch_s"], b32["plantlib"]["steady_epoch_s"])
+        checks.append(("epoch at batch 32 ≥ 3× faster", speedup >= TARGETS["epoch_speedup_b32"], f"{speedup:.2f}×"))
+    full, default = results.get("reference_full"), results["default_run"]
+    if full:
+        fraction = ratio(default["seconds"], full["seconds"])
+        met = fraction <= TARGETS["time_to_accuracy_fraction"] and default["test_accuracy"] >= full["test_accuracy"]
+        checks.append((
+            "reference's accuracy in ≤ 1/5 of its time",
+            met,
+            f"{default['test_accuracy']:.3f} vs {full['test_accuracy']:.3f} in {fraction:.3f} of the time",
+        ))
+    ours = results["inference"]["plantlib"]
+    checks.append((
+        "single image ≤ 20 ms",
+        ours["single_image_ms"] <= TARGETS["single_image_ms"],
+        f"{ours['single_image_ms']:.1f} ms",
+    ))
+    checks.append((
+        "batched ≥ 60 images/s",
+        ours["batched_images_per_s"] >= TARGETS["batched_images_per_s"],
+        f"{ours['batched_images_per_s']:.1f} images/s",
+    ))
+    checks.append((
+        "peak RSS training (default recipe, batch 32) ≤ 2 GB",
+        default["peak_rss_mb"] <= TARGETS["train_peak_rss_mb"],
+        f"{default['peak_rss_mb']:.0f} MB",
+    ))
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per epoch-time measurement")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 4])
+    parser.add_argument("--scaling", type=int, nargs="*", default=[1, 4, 16], help="replication factors")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-reference-full", action="store_true", help="leave out time to accuracy")
+    parser.add_argument("--rerun-reference", action="store_true", help="measure the 25-epoch reference again")
+    args = parser.parse_args()
+
+    began = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "device": args.device, "batch_sizes": args.batch_sizes}
+    print(f"benchmark on {results['machine']['cpu']} ({args.device})", flush=True)
+    results["epochs"] = {}
+    for batch in args.batch_sizes:
+        results["epochs"][str(batch)] = {
+            recipe: run("epochs", recipe=recipe, batch_size=batch, epochs=args.epochs, device=args.device)
+            for recipe in ("reference", "plantlib")
+        }
+    results["default_run"] = run("default_run", device=args.device)
+    results["inference"] = {
+        "reference": run("inference", recipe="reference", device=args.device),
+        "plantlib": run(
+            "inference", recipe="plantlib", checkpoint=results["default_run"]["checkpoint"], device=args.device
+        ),
+    }
+    if not args.skip_reference_full:
+        results["reference_full"] = reference_full(args.device, args.rerun_reference)
+    if not args.skip_scaling and args.device == "cpu":
+        results["scaling"] = [run("scaling", factor=factor) for factor in args.scaling]
+    results["bench_seconds"] = round(time.perf_counter() - began, 1)
+
+    table = tables(results)
+    checks = target_checks(results)
+    check_lines = [f"- {'met' if met else 'NOT met'}: {what} ({figures})" for what, met, figures in checks]
+    print("\n" + table + "\n\nTargets:\n" + "\n".join(check_lines))
+    print(f"\nbenchmark took {results['bench_seconds'] / 60:.1f} min")
+    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    write_json(BENCH_DIR / f"bench{suffix}.json", {**results, "targets": checks})
+    write_text(BENCH_DIR / f"bench{suffix}.md", table + "\n\nTargets:\n" + "\n".join(check_lines) + "\n")
+    print(f"written: {BENCH_DIR / f'bench{suffix}.md'}")
+
+
+if __name__ == "__main__":
+    main()

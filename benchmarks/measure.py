@@ -1,0 +1,220 @@
+"""One measurement per process: `python -m benchmarks.measure NAME '{json args}'` prints one JSON line.
+
+A fresh process per measurement gives each its own peak RSS and allocator state, and keeps one recipe's
+warm caches from flattering the next. `benchmarks.bench` runs them and builds the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plantlib.config import RunConfig
+from plantlib.data import PreparedData, prepare_data
+from plantlib.paths import artifacts_dir
+
+BENCH_DIR = artifacts_dir() / "bench"
+LATENCY_IMAGES = 30  # single-image predictions timed (median)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def steady(seconds: list[float]) -> float:
+    """Median epoch time, leaving out the first epoch (warm-up) when there are more."""
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def bench_config(**changes: Any) -> RunConfig:
+    """The default recipe with the benchmark's output directory; `changes` override single fields."""
+    return RunConfig(output_dir=str(BENCH_DIR / "runs"), **changes)
+
+
+def train_images(data: PreparedData) -> int:
+    return int((data.split["split"] == "train").sum())
+
+
+# ------------------------------------------------------------------------------------------ training epochs
+
+
+def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -> dict[str, Any]:
+    """`epochs` epochs (train + validation) of full fine-tuning at `batch_size`, then eval throughput."""
+    config = bench_config(
+        batch_size=batch_size, epochs=epochs, early_stopping_patience=None, frozen_blocks=0, device=device
+    )
+    data = prepare_data(config, show_progress=False)
+    n_train = train_images(data)
+    eval_images = int((data.split["split"] != "train").sum())
+    if recipe == "reference":
+        from benchmarks.reference import evaluate_reference, train_reference
+
+        result = train_reference(data, epochs=epochs, batch_size=batch_size, device=device)
+        epoch_s, train_s = result.epoch_seconds, result.train_seconds
+        eval_s = evaluate_reference(result.model, data, batch_size, device=device)
+        accuracy = result.test_accuracy
+    else:
+        from plantlib.train import Trainer, evaluate_epoch
+
+        trainer = Trainer(config, data=data, show_progress=False)
+        trained = trainer.fit()
+        epoch_s = [row["seconds"] for row in trained.history]
+        train_s = [row["train_seconds"] for row in trained.history]
+        accuracy = trained.test_metrics["accuracy"]
+        started = time.perf_counter()
+        for loader in (trainer.val_loader, trainer.test_loader):
+            evaluate_epoch(trainer, loader)
+        eval_s = time.perf_counter() - started
+    return {
+        "recipe": recipe,
+        "batch_size": batch_size,
+        "device": device,
+        "epoch_seconds": epoch_s,
+        "steady_epoch_s": steady(epoch_s),
+        "train_images_per_s": n_train / steady(train_s),
+        "eval_images_per_s": eval_images / eval_s,
+        "test_accuracy": accuracy,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------- time to accuracy, inference
+
+
+def default_run(device: str = "cpu") -> dict[str, Any]:
+    """plantlib's default recipe end to end (data check, model build, training, test), as `plantlib train`."""
+    from plantlib.train import Trainer
+
+    started = time.perf_counter()
+    config = bench_config(device=device)
+    trained = Trainer(config, show_progress=False).fit()
+    wall = time.perf_counter() - started
+    return {
+        "recipe": "plantlib default",
+        "config": {k: config.to_dict()[k] for k in ("epochs", "batch_size", "frozen_blocks", "freeze_bn")},
+        "seconds": wall,
+        "epochs": len(trained.history),
+        "epoch_seconds": [row["seconds"] for row in trained.history],
+        "test_accuracy": trained.test_metrics["accuracy"],
+        "test_f1": trained.test_metrics["f1"],
+        "checkpoint": str(trained.run_dir / "best.pt"),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _latency_ms(predict_one: Callable[[Path], Any], files: list[Path]) -> float:
+    predict_one(files[0])  # warm-up: first call allocates and picks kernels
+    times = []
+    for file in files[:LATENCY_IMAGES]:
+        started = time.perf_counter()
+        predict_one(file)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Single-image latency (decode + preprocess + forward, fresh file each time) and batched throughput."""
+    data = prepare_data(bench_config(), show_progress=False)
+    files = data.frame("test")["file"].tolist()
+    if recipe == "reference":
+        from benchmarks.reference import reference_batch_predict, reference_model, reference_predict_one
+
+        model = reference_model(len(data.classes), device)
+        predict_one = lambda file: reference_predict_one(model, file, device)  # noqa: E731
+        predict_all = lambda: reference_batch_predict(model, files, device=device)  # noqa: E731
+    else:
+        from plantlib.inference import load_model, predict_files
+
+        loaded = load_model(Path(checkpoint), device=device)
+        predict_one = lambda file: predict_files(loaded, [file])  # noqa: E731
+        predict_all = lambda: predict_files(loaded, files)  # noqa: E731
+    latency = _latency_ms(predict_one, files)
+    predict_all()  # warm-up
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        predict_all()
+        rates.append(len(files) / (time.perf_counter() - started))
+    return {
+        "recipe": recipe,
+        "device": device,
+        "single_image_ms": latency,
+        "batched_images_per_s": statistics.median(rates),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def reference_full(epochs: int = 25, device: str = "cpu") -> dict[str, Any]:
+    """The tutorial recipe as written: 25 epochs at batch 4, best validation weights, then the test split."""
+    from benchmarks.reference import train_reference
+
+    started = time.perf_counter()
+    data = prepare_data(bench_config(), show_progress=False)
+    result = train_reference(data, epochs=epochs, batch_size=4, device=device)
+    return {
+        "recipe": "reference",
+        "seconds": time.perf_counter() - started,
+        "epochs": epochs,
+        "epoch_seconds": result.epoch_seconds,
+        "test_accuracy": result.test_accuracy,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- scaling
+
+
+def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) -> dict[str, Any]:
+    """The default recipe on the training split replicated `factor` times (synthetic augmented copies)."""
+    from benchmarks.replicate import replicate_training_split
+    from plantlib.train import Trainer
+
+    changes: dict[str, Any] = {"epochs": epochs, "early_stopping_patience": None}
+    if cache_memory_mb is not None:
+        changes["cache_memory_mb"] = cache_memory_mb
+    config = bench_config(**changes)
+    data = replicate_training_split(prepare_data(config, show_progress=False), factor, BENCH_DIR / "replicated")
+    trainer = Trainer(config, data=data, show_progress=False)
+    trained = trainer.fit()
+    train_s = [row["train_seconds"] for row in trained.history]
+    return {
+        "factor": factor,
+        "train_images": train_images(data),
+        "epoch_seconds": [row["seconds"] for row in trained.history],
+        "first_epoch_s": trained.history[0]["seconds"],
+        "steady_epoch_s": steady([row["seconds"] for row in trained.history]),
+        "train_images_per_s": train_images(data) / steady(train_s),
+        "test_accuracy": trained.test_metrics["accuracy"],
+        "cache": trainer.image_cache.stats(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "epochs": epochs,
+    "default_run": default_run,
+    "inference": inference,
+    "reference_full": reference_full,
+    "scaling": scaling,
+}
+
+
+def main() -> None:
+    os.environ.setdefault("PLANTLIB_PROGRESS", "off")
+    name, arguments = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    torch.manual_seed(0)
+    result = MEASUREMENTS[name](**arguments)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
