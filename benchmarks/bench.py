@@ -12,6 +12,7 @@ bench.md (the tables the README quotes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -52,13 +53,12 @@ def run(name: str, **arguments: Any) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(
-            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -101,8 +101,11 @@ def ratio(a: float, b: float) -> float:
 
 def tables(results: dict[str, Any]) -> str:
     """The Markdown the README quotes."""
-    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, device "
-             f"{results['device']}, torch {results['machine']['torch']}.", ""]
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, device "
+        f"{results['device']}, torch {results['machine']['torch']}.",
+        "",
+    ]
     lines += [
         "| training, full fine-tuning, lite0 224 px | reference | plantlib | plantlib / reference |",
         "| --- | --- | --- | --- |",
@@ -176,27 +179,35 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     if full:
         fraction = ratio(default["seconds"], full["seconds"])
         met = fraction <= TARGETS["time_to_accuracy_fraction"] and default["test_accuracy"] >= full["test_accuracy"]
-        checks.append((
-            "reference's accuracy in ≤ 1/5 of its time",
-            met,
-            f"{default['test_accuracy']:.3f} vs {full['test_accuracy']:.3f} in {fraction:.3f} of the time",
-        ))
+        checks.append(
+            (
+                "reference's accuracy in ≤ 1/5 of its time",
+                met,
+                f"{default['test_accuracy']:.3f} vs {full['test_accuracy']:.3f} in {fraction:.3f} of the time",
+            )
+        )
     ours = results["inference"]["plantlib"]
-    checks.append((
-        "single image ≤ 20 ms",
-        ours["single_image_ms"] <= TARGETS["single_image_ms"],
-        f"{ours['single_image_ms']:.1f} ms",
-    ))
-    checks.append((
-        "batched ≥ 60 images/s",
-        ours["batched_images_per_s"] >= TARGETS["batched_images_per_s"],
-        f"{ours['batched_images_per_s']:.1f} images/s",
-    ))
-    checks.append((
-        "peak RSS training (default recipe, batch 32) ≤ 2 GB",
-        default["peak_rss_mb"] <= TARGETS["train_peak_rss_mb"],
-        f"{default['peak_rss_mb']:.0f} MB",
-    ))
+    checks.append(
+        (
+            "single image ≤ 20 ms",
+            ours["single_image_ms"] <= TARGETS["single_image_ms"],
+            f"{ours['single_image_ms']:.1f} ms",
+        )
+    )
+    checks.append(
+        (
+            "batched ≥ 60 images/s",
+            ours["batched_images_per_s"] >= TARGETS["batched_images_per_s"],
+            f"{ours['batched_images_per_s']:.1f} images/s",
+        )
+    )
+    checks.append(
+        (
+            "peak RSS training (default recipe, batch 32) ≤ 2 GB",
+            default["peak_rss_mb"] <= TARGETS["train_peak_rss_mb"],
+            f"{default['peak_rss_mb']:.0f} MB",
+        )
+    )
     return checks
 
 

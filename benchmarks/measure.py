@@ -71,8 +71,8 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
         train_s = [row["train_seconds"] for row in trained.history]
         accuracy = trained.test_metrics["accuracy"]
         started = time.perf_counter()
-        for loader in (trainer.val_loader, trainer.test_loader):
-            evaluate_epoch(trainer, loader)
+        for split in ("val", "test"):
+            evaluate_epoch(trainer, split)
         eval_s = time.perf_counter() - started
     return {
         "recipe": recipe,

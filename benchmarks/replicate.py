@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import ImageEnhance, ImageOps
 
 from plantlib.data import PreparedData, load_rgb
 from plantlib.io import atomic_path

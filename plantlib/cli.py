@@ -51,11 +51,34 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    """The train arguments minus `--nproc N`, for the processes torchrun starts."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from plantlib.config import RunConfig, field_names
+    from plantlib.distributed import launch, launched_by_torchrun, shutdown
     from plantlib.evaluate import format_metrics
     from plantlib.train import Trainer
 
+    if args.nproc > 1 and not launched_by_torchrun():
+        train_args = _without_nproc(args.argv[args.argv.index("train") + 1 :])
+        status = launch(args.nproc, train_args)
+        if status != 0:
+            raise PlantlibError(
+                f"the distributed run failed (torchrun exit status {status}; the failing rank's error is above). "
+                "The last finished epoch is in last.pt: continue with plantlib train --resume RUN_DIR"
+            )
+        return 0
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume:
         if overrides:
@@ -64,10 +87,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         base = RunConfig.from_json(args.config) if args.config else RunConfig()
         trainer = Trainer(base.replace(**overrides))
-    result = trainer.fit()
-    print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
-    if result.test_metrics:
-        print("test split: " + format_metrics(result.test_metrics))
+    try:
+        result = trainer.fit()
+    finally:
+        shutdown()
+    if trainer.dist.is_main:
+        print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
+        if result.test_metrics:
+            print("test split: " + format_metrics(result.test_metrics))
     return 0
 
 
@@ -187,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one run; writes artifacts/runs/<time>-<backbone>/")
     train.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this node: runs torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPUs)",
+    )
     _add_config_options(train)
     train.set_defaults(run=_cmd_train)
 
@@ -229,6 +262,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = _show_warning  # one readable line instead of a source location
     try:
         return args.run(args)

@@ -81,6 +81,10 @@ class RunConfig:
     device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
     precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
     num_workers: int = option(0, "DataLoader worker processes")
+    sync_bn: bool = option(False, "SyncBatchNorm across processes for BatchNorm layers that train (DDP on CUDA)")
+    dist_timeout_s: float = option(
+        600.0, "seconds a distributed collective waits for the other processes before the job fails"
+    )
     cache_memory_mb: float = option(
         1024.0, "memory for decoded images; beyond it they are kept in a temporary file in artifacts/cache"
     )
@@ -227,6 +231,7 @@ def _check_values(c: RunConfig) -> None:
         "use 0 or more",
     )
     _require(c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more")
+    _require(c.dist_timeout_s > 0, "dist_timeout_s", c.dist_timeout_s, "use a positive number of seconds")
     _require(c.cache_memory_mb >= 0, "cache_memory_mb", c.cache_memory_mb, "use 0 (all on disk) or more")
     _require(c.max_batches is None or c.max_batches >= 1, "max_batches", c.max_batches, "use 1 or more, or None")
     _require(c.seed >= 0, "seed", c.seed, "use a non-negative integer")

@@ -31,17 +31,18 @@ _PROBABILITY_TOLERANCE = 1e-3
 _BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
 
 
-def predict_probabilities(
+def predict_logits(
     model: torch.nn.Module,
     loader: DataLoader,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """Softmax probabilities (N, C) as float64, in loader order.
+    max_batches: int | None = None,
+) -> torch.Tensor:
+    """Float32 logits (N, C) on the CPU, in loader order; an empty loader gives (0, 0).
 
     The loader yields `(images, targets)` batches (or bare image tensors). `autocast_dtype` runs the
-    forward pass under autocast (bfloat16 on CPU, float16 on CUDA); the softmax itself is always float32.
-    The model's train/eval mode is restored afterwards so a trainer can call this mid-fit.
+    forward pass under autocast (bfloat16 on CPU, float16 on CUDA). The model's train/eval mode is restored
+    afterwards so a trainer can call this mid-fit.
     """
     device = torch.device(device)
     was_training = model.training
@@ -49,21 +50,38 @@ def predict_probabilities(
     chunks: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for index, batch in enumerate(loader):
+                if max_batches is not None and index >= max_batches:
+                    break
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 images = images.to(device, non_blocking=True)
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with maybe_autocast(device, autocast_dtype):
                     logits = model(images)
-                chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+                chunks.append(logits.float().cpu())
     finally:
         model.train(was_training)
-    if not chunks:
-        raise ValueError("the loader yielded no batches; check that the split it reads is not empty")
-    probs = torch.cat(chunks).double()
-    # Renormalise in float64 so rows sum to 1 to machine precision (sklearn warns otherwise).
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def softmax_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Float64 probabilities whose rows sum to 1 to machine precision (sklearn warns otherwise)."""
+    probs = torch.softmax(logits.float(), dim=1).double()
     return (probs / probs.sum(dim=1, keepdim=True)).numpy()
+
+
+def predict_probabilities(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N, C) as float64, in loader order (see `predict_logits`)."""
+    logits = predict_logits(model, loader, device, autocast_dtype)
+    if logits.numel() == 0:
+        raise ValueError("the loader yielded no batches; check that the split it reads is not empty")
+    return softmax_probabilities(logits)
 
 
 def _check_inputs(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

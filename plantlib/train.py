@@ -7,6 +7,7 @@ same batches as an uninterrupted one and reaches the same weights and history.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plantlib.config import RunConfig
@@ -29,8 +31,25 @@ from plantlib.data import (
     train_transform,
 )
 from plantlib.data.dataset import resize_side
-from plantlib.errors import PlantlibError
-from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
+from plantlib.distributed import (
+    all_sum,
+    barrier,
+    broadcast,
+    device_for,
+    init_distributed,
+    launched_by_torchrun,
+    per_rank_batch_size,
+    shard,
+    unshard,
+)
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.evaluate import (
+    compute_metrics,
+    predict_logits,
+    predictions_frame,
+    save_evaluation,
+    softmax_probabilities,
+)
 from plantlib.io import write_json
 from plantlib.models import (
     Classifier,
@@ -135,8 +154,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, steps_p
 
 
 def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[float, float]:
-    """One pass over the training loader; returns mean loss and accuracy."""
-    model, config = trainer.model, trainer.config
+    """One pass over the training loader (this process's share under DDP); mean loss and accuracy over all."""
+    model, config, net = trainer.model, trainer.config, trainer.train_model
     model.train()
     if not trainer.backbone_trainable:
         model.backbone.eval()  # a frozen backbone is a fixed feature extractor
@@ -158,7 +177,7 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
             images = images.to(trainer.device, memory_format=torch.channels_last, non_blocking=True)
             targets = targets.to(trainer.device, non_blocking=True)
             with maybe_autocast(trainer.device, trainer.train_dtype):
-                logits = model(images)
+                logits = net(images)
                 loss = trainer.loss_fn(logits.float(), targets)
             trainer.optimizer.zero_grad(set_to_none=True)
             trainer.scaler.scale(loss).backward()
@@ -174,25 +193,21 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, epoch: int) -> tuple[f
             seen += len(targets)
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], trainer.dist)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-@torch.inference_mode()
-def evaluate_epoch(trainer: Trainer, loader: DataLoader) -> tuple[float, float]:
-    """Mean loss and accuracy over a loader, without augmentation or gradient."""
-    trainer.model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    for batch_index, (images, targets) in enumerate(loader):
-        if trainer.max_batches and batch_index >= trainer.max_batches:
-            break
-        images = images.to(trainer.device, memory_format=torch.channels_last, non_blocking=True)
-        targets = targets.to(trainer.device, non_blocking=True)
-        with maybe_autocast(trainer.device, trainer.eval_dtype):
-            logits = trainer.model(images).float()
-        total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += len(targets)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+def split_logits(trainer: Trainer, split: str) -> torch.Tensor:
+    """Logits of every evaluated image of `split` in split order; under DDP each rank computes its shard."""
+    local = predict_logits(trainer.model, trainer.eval_loaders[split], trainer.device, trainer.eval_dtype)
+    return torch.from_numpy(unshard(local.numpy(), len(trainer.eval_targets[split]), trainer.dist))
+
+
+def evaluate_epoch(trainer: Trainer, split: str = "val") -> tuple[float, float]:
+    """Mean loss and accuracy over a split, without augmentation or gradient, each image counted once."""
+    logits, targets = split_logits(trainer, split), trainer.eval_targets[split]
+    loss = nn.functional.cross_entropy(logits, targets).item()
+    return loss, (logits.argmax(1) == targets).double().mean().item()
 
 
 class Trainer:
@@ -210,10 +225,18 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.epochs = 1 if config.fast else config.epochs
         self.max_batches = config.max_batches or (2 if config.fast else None)
-        self.device = resolve_device(config.device)
+        self.device = (
+            device_for(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+            if launched_by_torchrun()
+            else resolve_device(config.device)
+        )
+        self.dist = init_distributed(self.device, config.dist_timeout_s)
+        self.batch_size = per_rank_batch_size(config.batch_size, self.dist)
+        if config.sync_bn and not (self.dist.enabled and self.device.type == "cuda"):
+            raise ConfigError("sync_bn=True needs a distributed run on CUDA GPUs (NCCL); drop it for this run")
         self.train_dtype = autocast_dtype(config.precision, self.device, training=True)
         self.eval_dtype = autocast_dtype(config.precision, self.device, training=False)
-        self.data = data or prepare_data(config, show_progress=show_progress)
+        self.data = data or self._prepare_data(show_progress)
         self.classes = self.data.classes
         self.normalization = normalization_for(config.backbone)
 
@@ -230,6 +253,10 @@ class Trainer:
             fold_bn=self.bn_folded,
         ).to(self.device, memory_format=torch.channels_last)
         frozen_modules(self.model, config.frozen_blocks)  # an impossible frozen_blocks fails before any work
+        if config.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model: nn.Module = self.model  # wrapped in DistributedDataParallel per stage under torchrun
+        self._wrapped_trainable: bool | None = None
         self.image_cache = cache = DecodedImageCache(
             max_side=resize_side(config.image_size),
             memory_budget_mb=config.cache_memory_mb,
@@ -243,16 +270,29 @@ class Trainer:
                 f"the split leaves {len(self.train_set)} training and {len(self.val_set)} validation images; "
                 "add images or change val_fraction/test_fraction"
             )
+        self.train_sampler = (
+            DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank, shuffle=True, seed=config.seed)
+            if self.dist.enabled
+            else None
+        )
+        share = len(self.train_sampler) if self.train_sampler else len(self.train_set)
         self.train_loader = make_loader(
             self.train_set,
-            config.batch_size,
+            self.batch_size,
             shuffle=True,
             seed=config.seed,
             num_workers=config.num_workers,
-            drop_last=len(self.train_set) % config.batch_size == 1,  # BatchNorm cannot train on one image
+            drop_last=share % self.batch_size == 1,  # BatchNorm cannot train on one image
+            sampler=self.train_sampler,
         )
-        self.val_loader = make_loader(self.val_set, config.batch_size, shuffle=False, seed=config.seed)
-        self.test_loader = make_loader(self.test_set, config.batch_size, shuffle=False, seed=config.seed)
+        self.eval_loaders: dict[str, DataLoader] = {}
+        self.eval_targets: dict[str, torch.Tensor] = {}
+        for split, dataset in (("val", self.val_set), ("test", self.test_set)):
+            evaluated = self._evaluated_part(dataset)
+            self.eval_targets[split] = torch.tensor([dataset.labels[i] for i in range(len(evaluated))])
+            self.eval_loaders[split] = make_loader(
+                shard(evaluated, self.dist), self.batch_size, shuffle=False, seed=config.seed
+            )
 
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         # fp16 gradients underflow without loss scaling; the scaler is a pass-through for fp32 and bf16.
@@ -267,9 +307,39 @@ class Trainer:
         self.start_epoch = 1
         self.elapsed_s = 0.0
         self.backbone_trainable = True
-        self.run_dir = run_dir or new_run_dir(config.backbone, config.output_dir)
         if run_dir is None:
-            config.to_json(self.run_dir / "config.json")
+            created = new_run_dir(config.backbone, config.output_dir) if self.dist.is_main else None
+            run_dir = broadcast(created, self.dist)  # one run directory for the whole job, made by rank 0
+            if self.dist.is_main:
+                config.to_json(run_dir / "config.json")
+        self.run_dir = Path(run_dir)
+
+    @property
+    def val_loader(self) -> DataLoader:
+        return self.eval_loaders["val"]
+
+    @property
+    def test_loader(self) -> DataLoader:
+        return self.eval_loaders["test"]
+
+    def log(self, message: str) -> None:
+        """Print on rank 0 only, so a distributed run logs each line once."""
+        if self.dist.is_main:
+            print(message, flush=True)
+
+    def _prepare_data(self, show_progress: bool) -> PreparedData:
+        """Rank 0 fetches, scans and splits first; the other ranks then read what it wrote."""
+        if not self.dist.enabled:
+            return prepare_data(self.config, show_progress=show_progress)
+        data = prepare_data(self.config, show_progress=show_progress) if self.dist.is_main else None
+        barrier(self.dist)
+        return data or prepare_data(self.config.replace(new_split=False), show_progress=False)
+
+    def _evaluated_part(self, dataset: ImageDataset) -> Dataset:
+        """The images an evaluation covers: all, or the first `max_batches` global batches (smoke runs)."""
+        if not self.max_batches:
+            return dataset
+        return Subset(dataset, range(min(len(dataset), self.max_batches * self.config.batch_size)))
 
     def _dataset(self, split: str, transform: Any, cache: DecodedImageCache) -> ImageDataset:
         rows = self.data.frame(split)
@@ -279,14 +349,14 @@ class Trainer:
     def fit(self) -> TrainingResult:
         """Train from `start_epoch` to the end (or early stop), checkpointing every epoch; then test."""
         self._write_info("running")
-        print(self.describe())
+        self.log(self.describe())
         try:
             for epoch in range(self.start_epoch, self.epochs + 1):
                 record = self._run_epoch(epoch)
                 for callback in self.callbacks:
                     callback(self, record)
                 if self.early_stopping.should_stop:
-                    print(
+                    self.log(
                         f"early stop: {self.config.early_stopping_monitor} has not improved for "
                         f"{self.early_stopping.bad_epochs} epochs"
                     )
@@ -294,7 +364,7 @@ class Trainer:
         except KeyboardInterrupt:
             self._write_info("interrupted")
             done = self.history[-1]["epoch"] if self.history else 0
-            print(
+            self.log(
                 f"\ninterrupted after epoch {done}; last.pt is saved. Resume with: "
                 f"plantlib train --resume {self.run_dir}"
             )
@@ -315,12 +385,14 @@ class Trainer:
         started = time.perf_counter()
         self._set_stage(epoch)
         seed = epoch_seed(self.config.seed, epoch)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + 7919 * self.dist.rank)  # each process draws its own augmentations
         self.train_loader.generator.manual_seed(seed + 1)
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
         lr = self.optimizer.param_groups[-1]["lr"]
         train_loss, train_accuracy = train_one_epoch(self, self.train_loader, epoch)
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate_epoch(self, self.val_loader)
+        val_loss, val_accuracy = evaluate_epoch(self, "val")
         monitored = val_loss if self.config.early_stopping_monitor == "val_loss" else val_accuracy
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(monitored)
@@ -342,8 +414,9 @@ class Trainer:
         if improved:
             self._save("best.pt", epoch)
         self._save("last.pt", epoch)
-        write_json(self.run_dir / "history.json", self.history)
-        print(
+        if self.dist.is_main:
+            write_json(self.run_dir / "history.json", self.history)
+        self.log(
             f"epoch {epoch}/{self.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.3f}  "
             f"val loss {val_loss:.4f} acc {val_accuracy:.3f}  lr {lr:.2e}  {seconds:.1f}s"
             + ("  *best" if improved else "")
@@ -355,6 +428,11 @@ class Trainer:
         trainable = mode == "full" or (mode == "two_stage" and epoch > self.config.head_epochs)
         set_backbone_trainable(self.model, trainable, self.config.frozen_blocks)
         self.backbone_trainable = trainable
+        if self.dist.enabled and self._wrapped_trainable is not trainable:
+            # DDP registers the parameters that need gradients when it is built: rebuild it per stage.
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self._wrapped_trainable = trainable
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def checkpoint_payload(self, epoch: int) -> dict[str, Any]:
@@ -379,7 +457,10 @@ class Trainer:
         }
 
     def _save(self, name: str, epoch: int) -> None:
-        save_checkpoint(self.run_dir / name, self.checkpoint_payload(epoch))
+        """Rank 0 writes (the unwrapped model: the file loads in one process); the others wait for it."""
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / name, self.checkpoint_payload(epoch))
+        barrier(self.dist)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a `last.pt`: weights, optimiser, scheduler, history and early-stopping state."""
@@ -411,21 +492,21 @@ class Trainer:
         trainer = cls(config, run_dir=run_dir, callbacks=callbacks, show_progress=show_progress)
         trainer.restore(checkpoint)
         if trainer.start_epoch > trainer.epochs or trainer.early_stopping.should_stop:
-            print(f"{run_dir}: all epochs were trained before the interruption; testing the best checkpoint")
+            trainer.log(f"{run_dir}: all epochs were trained before the interruption; testing the best checkpoint")
         return trainer
 
     # -- after training ------------------------------------------------------------------------------------
     def test(self) -> dict[str, Any]:
         """Evaluate `best.pt` on the test split; save metrics and per-image predictions in the run dir."""
+        barrier(self.dist)
         best = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
-        rows = self.data.frame("test")
-        if self.max_batches:
-            rows = rows.head(self.max_batches * self.config.batch_size)
-        probs = predict_probabilities(self.model, self.test_loader, self.device, self.eval_dtype)[: len(rows)]
+        probs = softmax_probabilities(split_logits(self, "test"))
+        rows = self.data.frame("test").head(len(probs))
         metrics = compute_metrics(rows["target"].to_numpy(), probs, self.classes)
-        frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, self.classes)
-        save_evaluation(self.run_dir, metrics, frame)
+        if self.dist.is_main:
+            frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, self.classes)
+            save_evaluation(self.run_dir, metrics, frame)
         return metrics
 
     def describe(self) -> str:
@@ -437,9 +518,17 @@ class Trainer:
             f"{counts['total'] / 1e6:.2f} M parameters, {model_size_mb(self.model):.1f} MB\n"
             f"data {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images, "
             f"classes {self.classes}; device {self.device}; epochs {self.start_epoch}..{self.epochs}"
+            + (
+                f"\ndistributed: {self.dist.world_size} processes ({self.dist.backend}), global batch "
+                f"{self.config.batch_size} = {self.batch_size} per process, learning rate {self.config.learning_rate:g}"
+                if self.dist.enabled
+                else ""
+            )
         )
 
     def _write_info(self, status: str, test_metrics: dict[str, Any] | None = None) -> None:
+        if not self.dist.is_main:
+            return
         info = {
             "status": status,
             "backbone": self.config.backbone,
@@ -457,6 +546,14 @@ class Trainer:
             "best_" + self.config.early_stopping_monitor: self.early_stopping.best,
             "train_seconds": round(self.elapsed_s, 2),
             "seconds_per_epoch": round(self.elapsed_s / max(1, len(self.history)), 2),
+            "distributed": {
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend,
+                "global_batch_size": self.config.batch_size,
+                "per_process_batch_size": self.batch_size,
+                "learning_rate": self.config.learning_rate,
+                "sync_bn": self.config.sync_bn,
+            },
         }
         if test_metrics is not None:
             info["test"] = {

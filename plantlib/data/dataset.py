@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from plantlib.data.cache import DecodedImageCache
@@ -96,19 +96,21 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: ImageDataset,
+    dataset: Dataset,
     batch_size: int,
     shuffle: bool,
     seed: int,
     num_workers: int = 0,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds follow `seed`."""
+    """A DataLoader whose shuffling and worker seeds follow `seed` (a given `sampler` does the shuffling)."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         worker_init_fn=seed_worker if num_workers else None,
         generator=generator,

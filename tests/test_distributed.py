@@ -1,0 +1,143 @@
+"""DistributedDataParallel under torchrun: 2 gloo processes on the CPU, tiny data, a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from plantlib.checkpoint import load_checkpoint
+from plantlib.cli import _without_nproc
+from plantlib.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    per_rank_batch_size,
+    shard,
+    torchrun_command,
+    unshard,
+)
+from plantlib.errors import ConfigError
+from plantlib.inference import evaluate_split, load_model
+from plantlib.runs import list_runs, read_run_info
+from tests.conftest import run_cli, tiny_config, write_dataset
+
+TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "48", "--batch-size", "8", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("ddp") / "d", {"ant": 14, "bee": 13})
+
+
+def _train_flags(data_dir: Path, runs: Path, epochs: int) -> list[str]:
+    return [
+        *TINY,
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        "--val-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.3",
+        "--early-stopping-patience",
+        "none",
+    ]
+
+
+def test_sharding_covers_every_item_once_and_unshards_in_order() -> None:
+    items = list(range(11))
+    parts = [list(shard(items, DistributedContext(rank=r, world_size=3))) for r in range(3)]  # type: ignore[arg-type]
+    assert sorted(i for part in parts for i in part) == items and [len(p) for p in parts] == [4, 4, 3]
+    assert shard(items, SINGLE_PROCESS) is items  # type: ignore[arg-type]
+    local = np.arange(6.0).reshape(3, 2)
+    assert unshard(local, 3, SINGLE_PROCESS) is local
+
+
+def test_global_batch_must_divide_over_processes() -> None:
+    assert per_rank_batch_size(32, DistributedContext(world_size=4)) == 8
+    with pytest.raises(ConfigError, match=r"batch_size=30 is the global batch .* multiple of 4"):
+        per_rank_batch_size(30, DistributedContext(world_size=4))
+
+
+def test_nproc_launches_torchrun_for_one_node() -> None:
+    command = torchrun_command(2, ["--epochs", "1"])
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node=2" in command and command[-4:] == ["plantlib", "train", "--epochs", "1"]
+    assert _without_nproc(["--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["--epochs", "1"]
+    with pytest.raises(ConfigError, match="nproc=0"):
+        torchrun_command(0, [])
+
+
+def test_two_process_run_writes_one_run_dir_whose_checkpoint_matches_single_process(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    done = run_cli("train", "--nproc", "2", *_train_flags(data_dir, runs, epochs=2))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "distributed: 2 processes (gloo), global batch 8 = 4 per process" in done.stdout
+    assert done.stdout.count("epoch 2/2 ") == 1  # rank 0 alone logs
+    [run] = list_runs(runs)
+    info = read_run_info(run)
+    assert info["status"] == "finished" and info["distributed"]["world_size"] == 2
+    assert info["distributed"]["per_process_batch_size"] == 4 and info["distributed"]["global_batch_size"] == 8
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1, 2]
+
+    recorded = json.loads((run / "metrics.json").read_text())
+    loaded = load_model(run / "best.pt", device="cpu")  # saved under DDP, loaded in one process
+    metrics, frame = evaluate_split(loaded, "test", save=False)
+    assert metrics["n"] == recorded["n"] == len(pd.read_csv(run / "predictions.csv"))  # no image counted twice
+    assert metrics["accuracy"] == recorded["accuracy"]
+    assert metrics["log_loss"] == pytest.approx(recorded["log_loss"], abs=1e-4)
+    probs = pd.read_csv(run / "predictions.csv")[["p_ant", "p_bee"]].to_numpy()
+    assert frame[["p_ant", "p_bee"]].to_numpy() == pytest.approx(probs, abs=1e-4)
+
+
+def test_a_dying_rank_stops_the_job_and_the_run_resumes_under_ddp(data_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    config = tiny_config(
+        data_dir,
+        runs,
+        backbone="resnet18",
+        pretrained=False,
+        image_size=48,
+        epochs=3,
+        val_fraction=0.25,
+        test_fraction=0.3,
+        dist_timeout_s=60,
+    )
+    config.to_json(tmp_path / "config.json")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max_restarts=0",
+        str(Path(__file__).parent / "helpers" / "ddp_crash.py"),
+        str(tmp_path / "config.json"),
+    ]
+    started = time.monotonic()
+    crashed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert crashed.returncode != 0 and time.monotonic() - started < 240  # stopped, did not hang
+    assert "exitcode" in crashed.stderr and "3" in crashed.stderr  # torchrun names the failed rank's exit code
+    [run] = list_runs(runs)
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2
+    model = load_model(run / "last.pt", device="cpu").model
+    assert model(torch.rand(2, 3, 48, 48)).shape == (2, 2)  # the last checkpoint stays usable
+
+    resumed = run_cli("train", "--nproc", "2", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3] and read_run_info(run)["status"] == "finished"
+    assert list_runs(runs) == [run]
