@@ -11,9 +11,11 @@ import datetime
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +23,10 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from plantlib.errors import ConfigError, PlantlibError
+
+if TYPE_CHECKING:
+    from plantlib.config import RunConfig
+    from plantlib.train import TrainingResult
 
 
 @dataclass(frozen=True)
@@ -163,13 +169,42 @@ def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
 
 
 def launch(nproc: int, train_args: Sequence[str]) -> int:
-    """Run `plantlib train` under torchrun on this node; returns its exit status."""
+    """Run `plantlib train` under torchrun on this node, relaying its output line by line; its exit status.
+
+    Relaying through this process's `sys.stdout` (instead of inheriting the file descriptor) makes the
+    output appear in a notebook cell and in papermill's executed notebook too.
+    """
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # share the cores instead of every process taking all of them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     command = torchrun_command(nproc, train_args)
     print("launching: " + " ".join(command[1:]), flush=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        return subprocess.run(command, env=env, check=False).returncode
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+        return process.wait()
     except KeyboardInterrupt:
-        raise PlantlibError("distributed run interrupted; resume it with plantlib train --resume RUN_DIR") from None
+        process.terminate()
+        process.wait()
+        raise
+
+
+def train_distributed(config: RunConfig, nproc: int) -> TrainingResult:
+    """Train `config` with `nproc` processes on this node (torchrun), e.g. from a notebook; the run's result."""
+    from plantlib.runs import list_runs
+    from plantlib.train import result_from_run_dir
+
+    before = set(list_runs(config.output_dir))
+    with tempfile.TemporaryDirectory(prefix="plantlib-launch-") as folder:
+        config_file = Path(folder) / "config.json"
+        config.to_json(config_file)
+        status = launch(nproc, ["--config", str(config_file)])
+    new_runs = [run for run in list_runs(config.output_dir) if run not in before]
+    if status != 0:
+        where = f"; its run directory is {new_runs[-1]} (resume with --resume)" if new_runs else ""
+        raise PlantlibError(f"the distributed run failed (torchrun exit status {status}; output above){where}")
+    if not new_runs:
+        raise PlantlibError("torchrun finished but wrote no run directory; see its output above")
+    return result_from_run_dir(new_runs[-1])

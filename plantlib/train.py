@@ -6,6 +6,7 @@ same batches as an uninterrupted one and reaches the same weights and history.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -566,3 +567,22 @@ class Trainer:
 def train(config: RunConfig, callbacks: Sequence[Callback] = (), show_progress: bool = True) -> TrainingResult:
     """The one-call happy path: prepare data, build the model, fit, test."""
     return Trainer(config, callbacks=callbacks, show_progress=show_progress).fit()
+
+
+def result_from_run_dir(run_dir: Path) -> TrainingResult:
+    """The `TrainingResult` of a finished run, read back from its files (e.g. after a torchrun job)."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    config = RunConfig.from_json(run_dir / "config.json")
+    history_file, metrics_file = run_dir / "history.json", run_dir / "metrics.json"
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    return TrainingResult(
+        run_dir=run_dir,
+        history=history,
+        best_epoch=int(info.get("best_epoch", 0)),
+        best_metric=info.get("best_" + config.early_stopping_monitor),
+        stopped_early=len(history) < (1 if config.fast else config.epochs),
+        seconds=float(info.get("train_seconds", 0.0)),
+        test_metrics=metrics,
+    )

@@ -141,3 +141,35 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes_under_ddp(data_dir: Path
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3] and read_run_info(run)["status"] == "finished"
     assert list_runs(runs) == [run]
+
+
+def test_the_train_notebook_runs_a_two_process_job(data_dir: Path, tmp_path: Path) -> None:
+    import papermill
+
+    from plantlib.notebook import notebook_paths
+    from plantlib.reports import kernel_name
+
+    notebook = next(p for p in notebook_paths() if p.stem == "02_train")
+    runs = tmp_path / "runs"
+    papermill.execute_notebook(
+        str(notebook),
+        str(tmp_path / "02_train.ipynb"),
+        parameters={
+            "data_dir": str(data_dir),
+            "output_dir": str(runs),
+            "backbone": "resnet18",
+            "pretrained": False,
+            "image_size": 48,
+            "batch_size": 8,
+            "epochs": 1,
+            "nproc": 2,
+        },
+        kernel_name=kernel_name(),
+        progress_bar=False,
+        cwd=str(notebook.parent),
+    )
+    [run] = list_runs(runs)
+    assert read_run_info(run)["distributed"]["world_size"] == 2
+    executed = (tmp_path / "02_train.ipynb").read_text(encoding="utf-8")
+    assert "distributed: 2 processes (gloo)" in executed  # torchrun's output is shown in the notebook
+    assert "resnet18: test accuracy" in executed
