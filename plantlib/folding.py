@@ -52,6 +52,18 @@ def make_same_padding_static(net: nn.Module) -> int:
     return replaced
 
 
+def use_inplace_relu6(net: nn.Module) -> int:
+    """Make efficientnet_lite's ReLU6 layers work in place; returns how many.
+
+    Each one follows a convolution or BatchNorm whose backward pass does not need its output, so
+    overwriting that output is safe and saves one activation-sized buffer per layer.
+    """
+    layers = [m for m in net.modules() if isinstance(m, nn.ReLU6)]
+    for layer in layers:
+        layer.inplace = True
+    return len(layers)
+
+
 def conv_batchnorm_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(conv, bn) pairs where the BatchNorm's input is exactly the convolution's output, found by a forward pass.
 

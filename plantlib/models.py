@@ -20,7 +20,7 @@ from torchvision.models import get_model, get_weight
 
 from plantlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from plantlib.errors import ConfigError, PlantlibError
-from plantlib.folding import fold_batchnorm, make_same_padding_static
+from plantlib.folding import fold_batchnorm, make_same_padding_static, use_inplace_relu6
 
 IMAGENET_NORMALIZATION = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 # The TF originals feed (pixel - 127) / 128 on the 0..255 scale. Checked on real images: with these values the
@@ -170,6 +170,7 @@ def _imagenet_network(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         # image_size=None selects TF-style "same" padding computed per input, so any input size is correct.
         net = EfficientNet.from_name(spec.arch, image_size=None)
         make_same_padding_static(net)
+        use_inplace_relu6(net)
         if pretrained:
             try:
                 path = _lite_weights_file(spec)
