@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.measure import BENCH_DIR
+from benchmarks.measure import BENCH_DIR, steady
 from plantlib.io import write_json, write_text
 
 TARGETS = {
@@ -95,6 +95,40 @@ def reference_full(device: str, rerun: bool) -> dict[str, Any]:
     return result
 
 
+def ddp_rows(epochs: int = 2, device: str = "cpu") -> list[dict[str, Any]]:
+    """`plantlib train` (default recipe) as 1 process using every core vs 2 torchrun processes sharing them."""
+    cores = os.cpu_count() or 2
+    rows = []
+    for processes in (1, 2):
+        runs = BENCH_DIR / "ddp" / f"{processes}proc"
+        threads = max(1, cores // processes)
+        command = [sys.executable, "-m", "plantlib", "train", "--epochs", str(epochs), "--device", device]
+        command += ["--early-stopping-patience", "none", "--output-dir", str(runs)]
+        if processes > 1:
+            command += ["--nproc", str(processes)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PLANTLIB_PROGRESS": "off"}
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+            raise SystemExit(f"distributed benchmark with {processes} processes failed; output above")
+        run = sorted(p for p in runs.iterdir() if (p / "history.json").is_file())[-1]
+        history = json.loads((run / "history.json").read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
+        rows.append(
+            {
+                "processes": processes,
+                "threads_per_process": threads,
+                "epoch_seconds": [row["seconds"] for row in history],
+                "steady_epoch_s": steady([row["seconds"] for row in history]),
+                "test_accuracy": metrics["accuracy"],
+                "wall_seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        print(f"  ddp {processes} process(es) x {threads} threads: {rows[-1]['wall_seconds']:.0f} s", flush=True)
+    return rows
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -110,7 +144,7 @@ def tables(results: dict[str, Any]) -> str:
         "| training, full fine-tuning, lite0 224 px | reference | plantlib | plantlib / reference |",
         "| --- | --- | --- | --- |",
     ]
-    for batch in results["batch_sizes"]:
+    for batch in [b for b in results["batch_sizes"] if str(b) in results["epochs"]]:
         ref, ours = results["epochs"][str(batch)]["reference"], results["epochs"][str(batch)]["plantlib"]
         lines.append(
             f"| s/epoch, batch {batch} (train + val) | {ref['steady_epoch_s']:.1f} | {ours['steady_epoch_s']:.1f} "
@@ -139,17 +173,18 @@ def tables(results: dict[str, Any]) -> str:
             f"| test accuracy | {full['test_accuracy']:.3f} | {default['test_accuracy']:.3f} | |",
             f"| peak RSS | {full['peak_rss_mb']:.0f} MB | {default['peak_rss_mb']:.0f} MB | |",
         ]
-    ref_inf, ours_inf = results["inference"]["reference"], results["inference"]["plantlib"]
-    lines += [
-        "",
-        "| inference (decode + preprocess + forward) | reference | plantlib | ratio |",
-        "| --- | --- | --- | --- |",
-        f"| single image, median ms | {ref_inf['single_image_ms']:.1f} | {ours_inf['single_image_ms']:.1f} "
-        f"| {ratio(ref_inf['single_image_ms'], ours_inf['single_image_ms']):.2f}× faster |",
-        f"| batched (32), images/s | {ref_inf['batched_images_per_s']:.1f} | "
-        f"{ours_inf['batched_images_per_s']:.1f} "
-        f"| {ratio(ours_inf['batched_images_per_s'], ref_inf['batched_images_per_s']):.2f}× |",
-    ]
+    if results.get("inference"):
+        ref_inf, ours_inf = results["inference"]["reference"], results["inference"]["plantlib"]
+        lines += [
+            "",
+            "| inference (decode + preprocess + forward) | reference | plantlib | ratio |",
+            "| --- | --- | --- | --- |",
+            f"| single image, median ms | {ref_inf['single_image_ms']:.1f} | {ours_inf['single_image_ms']:.1f} "
+            f"| {ratio(ref_inf['single_image_ms'], ours_inf['single_image_ms']):.2f}× faster |",
+            f"| batched (32), images/s | {ref_inf['batched_images_per_s']:.1f} | "
+            f"{ours_inf['batched_images_per_s']:.1f} "
+            f"| {ratio(ours_inf['batched_images_per_s'], ref_inf['batched_images_per_s']):.2f}× |",
+        ]
     if results.get("scaling"):
         lines += [
             "",
@@ -164,6 +199,17 @@ def tables(results: dict[str, Any]) -> str:
                 f"{row['steady_epoch_s']:.1f} | {row['train_images_per_s']:.1f} | "
                 f"{cache['memory_mb']:.0f} MB / {cache['disk_mb']:.0f} MB (budget {cache['budget_mb']:.0f} MB) | "
                 f"{row['peak_rss_mb']:.0f} MB |"
+            )
+    if results.get("ddp"):
+        lines += [
+            "",
+            "| plantlib train, default recipe | steady epoch s | test accuracy |",
+            "| --- | --- | --- |",
+        ]
+        for row in results["ddp"]:
+            lines.append(
+                f"| {row['processes']} process(es) × {row['threads_per_process']} threads "
+                f"| {row['steady_epoch_s']:.1f} | {row['test_accuracy']:.3f} |"
             )
     return "\n".join(lines)
 
@@ -186,21 +232,22 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{default['test_accuracy']:.3f} vs {full['test_accuracy']:.3f} in {fraction:.3f} of the time",
             )
         )
-    ours = results["inference"]["plantlib"]
-    checks.append(
-        (
-            "single image ≤ 20 ms",
-            ours["single_image_ms"] <= TARGETS["single_image_ms"],
-            f"{ours['single_image_ms']:.1f} ms",
+    if results.get("inference"):
+        ours = results["inference"]["plantlib"]
+        checks.append(
+            (
+                "single image ≤ 20 ms",
+                ours["single_image_ms"] <= TARGETS["single_image_ms"],
+                f"{ours['single_image_ms']:.1f} ms",
+            )
         )
-    )
-    checks.append(
-        (
-            "batched ≥ 60 images/s",
-            ours["batched_images_per_s"] >= TARGETS["batched_images_per_s"],
-            f"{ours['batched_images_per_s']:.1f} images/s",
+        checks.append(
+            (
+                "batched ≥ 60 images/s",
+                ours["batched_images_per_s"] >= TARGETS["batched_images_per_s"],
+                f"{ours['batched_images_per_s']:.1f} images/s",
+            )
         )
-    )
     checks.append(
         (
             "peak RSS training (default recipe, batch 32) ≤ 2 GB",
@@ -211,14 +258,21 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return checks
 
 
+SECTIONS = ("epochs", "inference", "reference", "scaling", "ddp")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per epoch-time measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 4])
-    parser.add_argument("--scaling", type=int, nargs="*", default=[1, 4, 16], help="replication factors")
-    parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--skip-reference-full", action="store_true", help="leave out time to accuracy")
+    parser.add_argument("--scaling", type=int, nargs="+", default=[1, 4, 16], help="replication factors")
+    parser.add_argument(
+        "--scaling-cache-mb", type=float, default=256.0, help="decoded-image memory budget in the scaling runs"
+    )
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=SECTIONS, help="sections to leave out (the default run always runs)"
+    )
     parser.add_argument("--rerun-reference", action="store_true", help="measure the 25-epoch reference again")
     args = parser.parse_args()
 
@@ -226,22 +280,28 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "device": args.device, "batch_sizes": args.batch_sizes}
     print(f"benchmark on {results['machine']['cpu']} ({args.device})", flush=True)
     results["epochs"] = {}
-    for batch in args.batch_sizes:
-        results["epochs"][str(batch)] = {
-            recipe: run("epochs", recipe=recipe, batch_size=batch, epochs=args.epochs, device=args.device)
-            for recipe in ("reference", "plantlib")
-        }
+    if "epochs" not in args.skip:
+        for batch in args.batch_sizes:
+            results["epochs"][str(batch)] = {
+                recipe: run("epochs", recipe=recipe, batch_size=batch, epochs=args.epochs, device=args.device)
+                for recipe in ("reference", "plantlib")
+            }
     results["default_run"] = run("default_run", device=args.device)
-    results["inference"] = {
-        "reference": run("inference", recipe="reference", device=args.device),
-        "plantlib": run(
-            "inference", recipe="plantlib", checkpoint=results["default_run"]["checkpoint"], device=args.device
-        ),
-    }
-    if not args.skip_reference_full:
+    if "inference" not in args.skip:
+        results["inference"] = {
+            "reference": run("inference", recipe="reference", device=args.device),
+            "plantlib": run(
+                "inference", recipe="plantlib", checkpoint=results["default_run"]["checkpoint"], device=args.device
+            ),
+        }
+    if "reference" not in args.skip:
         results["reference_full"] = reference_full(args.device, args.rerun_reference)
-    if not args.skip_scaling and args.device == "cpu":
-        results["scaling"] = [run("scaling", factor=factor) for factor in args.scaling]
+    if "scaling" not in args.skip:
+        results["scaling"] = [
+            run("scaling", factor=factor, cache_memory_mb=args.scaling_cache_mb) for factor in args.scaling
+        ]
+    if "ddp" not in args.skip:
+        results["ddp"] = ddp_rows()
     results["bench_seconds"] = round(time.perf_counter() - began, 1)
 
     table = tables(results)

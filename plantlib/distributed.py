@@ -40,7 +40,8 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """True under torchrun, even with one process (then DDP and the collectives run with one rank)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +53,8 @@ SINGLE_PROCESS = DistributedContext()
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun sets TORCHELASTIC_RUN_ID; a hand-made launch sets WORLD_SIZE (and RANK, MASTER_ADDR, ...)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def device_for(requested: str, local_rank: int) -> torch.device:

@@ -56,7 +56,7 @@ def _train_flags(data_dir: Path, runs: Path, epochs: int) -> list[str]:
 
 def test_sharding_covers_every_item_once_and_unshards_in_order() -> None:
     items = list(range(11))
-    parts = [list(shard(items, DistributedContext(rank=r, world_size=3))) for r in range(3)]  # type: ignore[arg-type]
+    parts = [list(shard(items, DistributedContext(rank=r, world_size=3, backend="gloo"))) for r in range(3)]  # type: ignore[arg-type]
     assert sorted(i for part in parts for i in part) == items and [len(p) for p in parts] == [4, 4, 3]
     assert shard(items, SINGLE_PROCESS) is items  # type: ignore[arg-type]
     local = np.arange(6.0).reshape(3, 2)
