@@ -80,7 +80,9 @@ class RunConfig:
     seed: int = option(42, "fixes split, augmentation and initialisation")
     device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
     precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
-    num_workers: int = option(0, "DataLoader worker processes")
+    num_workers: int | None = option(
+        None, "DataLoader worker processes; None: 0 on the CPU (decoded images are cached), up to 8 with a GPU"
+    )
     sync_bn: bool = option(False, "SyncBatchNorm across processes for BatchNorm layers that train (DDP on CUDA)")
     dist_timeout_s: float = option(
         600.0, "seconds a distributed collective waits for the other processes before the job fails"
@@ -230,7 +232,7 @@ def _check_values(c: RunConfig) -> None:
         c.early_stopping_min_delta,
         "use 0 or more",
     )
-    _require(c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more")
+    _require(c.num_workers is None or c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more, or None")
     _require(c.dist_timeout_s > 0, "dist_timeout_s", c.dist_timeout_s, "use a positive number of seconds")
     _require(c.cache_memory_mb >= 0, "cache_memory_mb", c.cache_memory_mb, "use 0 (all on disk) or more")
     _require(c.max_batches is None or c.max_batches >= 1, "max_batches", c.max_batches, "use 1 or more, or None")

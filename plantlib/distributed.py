@@ -129,7 +129,8 @@ def all_sum(values: Sequence[float], ctx: DistributedContext) -> list[float]:
     """Element-wise sum over ranks (loss totals, correct counts)."""
     if not ctx.enabled:
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
     dist.all_reduce(tensor)
     return tensor.tolist()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
@@ -38,6 +39,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r} is not available on this machine; use device='auto' or 'cpu'")
     return device
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """DataLoader workers: as asked, else none on the CPU and up to 8 feeding a GPU.
+
+    On the CPU the model competes with workers for the same cores and decoded images are cached in-process,
+    so workers only add overhead; a GPU is starved without parallel CPU augmentation.
+    """
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def autocast_dtype(precision: str, device: torch.device, training: bool) -> torch.dtype | None:

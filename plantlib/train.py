@@ -69,6 +69,7 @@ from plantlib.runtime import (
     autocast_dtype,
     epoch_seed,
     keep_freed_memory,
+    loader_workers,
     maybe_autocast,
     resolve_device,
     rng_state,
@@ -277,14 +278,20 @@ class Trainer:
             else None
         )
         share = len(self.train_sampler) if self.train_sampler else len(self.train_set)
+        self.num_workers = loader_workers(config.num_workers, self.device)
+        pin = self.device.type == "cuda"
+        if self.num_workers:
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.warm_cache()  # decode once here; forked workers then share the pixels
         self.train_loader = make_loader(
             self.train_set,
             self.batch_size,
             shuffle=True,
             seed=config.seed,
-            num_workers=config.num_workers,
+            num_workers=self.num_workers,
             drop_last=share % self.batch_size == 1,  # BatchNorm cannot train on one image
             sampler=self.train_sampler,
+            pin_memory=pin,
         )
         self.eval_loaders: dict[str, DataLoader] = {}
         self.eval_targets: dict[str, torch.Tensor] = {}
@@ -292,7 +299,12 @@ class Trainer:
             evaluated = self._evaluated_part(dataset)
             self.eval_targets[split] = torch.tensor([dataset.labels[i] for i in range(len(evaluated))])
             self.eval_loaders[split] = make_loader(
-                shard(evaluated, self.dist), self.batch_size, shuffle=False, seed=config.seed
+                shard(evaluated, self.dist),
+                self.batch_size,
+                shuffle=False,
+                seed=config.seed,
+                num_workers=self.num_workers,
+                pin_memory=pin,
             )
 
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

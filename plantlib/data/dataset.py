@@ -103,6 +103,7 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose shuffling and worker seeds follow `seed` (a given `sampler` does the shuffling)."""
     generator = torch.Generator().manual_seed(seed)
@@ -116,6 +117,7 @@ def make_loader(
         generator=generator,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 
