@@ -57,7 +57,11 @@ class RunConfig:
     freeze_bn: bool = option(
         True, "keep the backbone's BatchNorm statistics fixed while fine-tuning (folded into the convolutions)"
     )
-    frozen_blocks: int = option(0, "leading backbone blocks (the stem counts as one) kept frozen; 0: train all")
+    frozen_blocks: int | None = option(
+        None,
+        "leading backbone blocks (the stem counts as one) kept frozen; 0: train all; "
+        "None: the backbone's default (EfficientNet-Lite: stem + 5 blocks, torchvision backbones: 0)",
+    )
     epochs: int = option(6, "passes over the training set")
     batch_size: int = option(32, "images per training step")
     optimizer: str = option("adam", "'adam', 'adamw' or 'sgd'")
@@ -212,7 +216,12 @@ def _check_values(c: RunConfig) -> None:
     _require(c.image_size >= 32, "image_size", c.image_size, "use 32 pixels or more (224 is the default)")
     _require(c.epochs >= 1, "epochs", c.epochs, "use 1 or more")
     _require(c.head_epochs >= 0, "head_epochs", c.head_epochs, "use 0 or more")
-    _require(c.frozen_blocks >= 0, "frozen_blocks", c.frozen_blocks, "use 0 (train every block) or more")
+    _require(
+        c.frozen_blocks is None or c.frozen_blocks >= 0,
+        "frozen_blocks",
+        c.frozen_blocks,
+        "use 0 (train every block) or more, or None",
+    )
     _require(c.batch_size >= 1, "batch_size", c.batch_size, "use 1 or more")
     _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "use a positive number such as 1e-3")
     _require(c.backbone_lr_factor > 0, "backbone_lr_factor", c.backbone_lr_factor, "use a positive number")

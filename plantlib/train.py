@@ -56,6 +56,7 @@ from plantlib.models import (
     Classifier,
     build_model,
     frozen_modules,
+    get_spec,
     model_size_mb,
     normalization_for,
     parameter_counts,
@@ -254,7 +255,12 @@ class Trainer:
             dropout=config.dropout,
             fold_bn=self.bn_folded,
         ).to(self.device, memory_format=torch.channels_last)
-        frozen_modules(self.model, config.frozen_blocks)  # an impossible frozen_blocks fails before any work
+        # An impossible frozen_blocks fails here, before any work; None resolves to the backbone's default.
+        self.frozen_blocks = len(frozen_modules(self.model, config.frozen_blocks)) and (
+            config.frozen_blocks
+            if config.frozen_blocks is not None
+            else get_spec(config.backbone).default_frozen_blocks
+        )
         if config.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_model: nn.Module = self.model  # wrapped in DistributedDataParallel per stage under torchrun
@@ -530,7 +536,8 @@ class Trainer:
             f"backbone {self.config.backbone} ({weights}), "
             f"{counts['total'] / 1e6:.2f} M parameters, {model_size_mb(self.model):.1f} MB\n"
             f"data {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images, "
-            f"classes {self.classes}; device {self.device}; epochs {self.start_epoch}..{self.epochs}"
+            f"classes {self.classes}; device {self.device}; epochs {self.start_epoch}..{self.epochs}; "
+            f"{self.frozen_blocks} leading backbone blocks frozen"
             + (
                 f"\ndistributed: {self.dist.world_size} processes ({self.dist.backend}), global batch "
                 f"{self.config.batch_size} = {self.batch_size} per process, learning rate {self.config.learning_rate:g}"
@@ -554,6 +561,7 @@ class Trainer:
             "parameters": parameter_counts(self.model),
             "model_size_mb": round(model_size_mb(self.model), 3),
             "device": str(self.device),
+            "frozen_blocks": self.frozen_blocks,
             "epochs_done": len(self.history),
             "best_epoch": self.early_stopping.best_epoch,
             "best_" + self.config.early_stopping_monitor: self.early_stopping.best,
