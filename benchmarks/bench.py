@@ -69,11 +69,16 @@ def machine() -> dict[str, Any]:
 
 
 def reference_fingerprint(device: str) -> str:
-    """What the reference's full run depends on: machine, software, its code, the model code and the split."""
+    """What the reference's full run depends on: machine, software, its code, its network's layers, the split.
+
+    The network enters as its module listing (layer types and shapes), so edits elsewhere in plantlib keep a
+    stored run valid while a change to the layers the reference trains invalidates it.
+    """
+    from benchmarks.reference import reference_model
+
     root = Path(__file__).resolve().parents[1]
-    parts = [json.dumps(machine(), sort_keys=True), device]
-    for name in ("benchmarks/reference.py", "plantlib/models.py", "plantlib/folding.py"):
-        parts.append((root / name).read_text())
+    parts = [json.dumps(machine(), sort_keys=True), device, (root / "benchmarks" / "reference.py").read_text()]
+    parts.append(repr(reference_model(2)))
     splits = sorted((root / "data" / "splits").glob("dandelion-vs-grass-*-seed42-70-15-15.csv"))
     parts += [s.read_text() for s in splits]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

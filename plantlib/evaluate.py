@@ -45,8 +45,9 @@ def predict_logits(
     afterwards so a trainer can call this mid-fit.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)  # a frozen TorchScript graph has no modes
+    if was_training:
+        model.eval()
     chunks: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
@@ -61,7 +62,8 @@ def predict_logits(
                     logits = model(images)
                 chunks.append(logits.float().cpu())
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
