@@ -46,7 +46,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start_training(data_dir: Path, runs: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "plantlib", "train", "--data-dir", str(data_dir), "--output-dir", str(runs)]
-    return subprocess.Popen([*args, *TRAIN_ARGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*args, *TRAIN_ARGS, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT and a child inherits that; give the child the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def resume(run_dir: Path) -> subprocess.CompletedProcess:
