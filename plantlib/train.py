@@ -255,12 +255,9 @@ class Trainer:
             dropout=config.dropout,
             fold_bn=self.bn_folded,
         ).to(self.device, memory_format=torch.channels_last)
-        # An impossible frozen_blocks fails here, before any work; None resolves to the backbone's default.
-        self.frozen_blocks = len(frozen_modules(self.model, config.frozen_blocks)) and (
-            config.frozen_blocks
-            if config.frozen_blocks is not None
-            else get_spec(config.backbone).default_frozen_blocks
-        )
+        frozen_modules(self.model, config.frozen_blocks)  # an impossible frozen_blocks fails before any work
+        default_frozen = get_spec(config.backbone).default_frozen_blocks
+        self.frozen_blocks = default_frozen if config.frozen_blocks is None else config.frozen_blocks
         if config.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_model: nn.Module = self.model  # wrapped in DistributedDataParallel per stage under torchrun
