@@ -290,13 +290,17 @@ def backbone_blocks(model: Classifier) -> list[list[nn.Module]]:
     return [[stage] for stage in net.features]  # efficientnet_b0, mobilenet_v2
 
 
+def resolve_frozen_blocks(backbone: str, frozen_blocks: int | None) -> int:
+    """`frozen_blocks` as given, or the backbone's default for None."""
+    return get_spec(backbone).default_frozen_blocks if frozen_blocks is None else frozen_blocks
+
+
 def frozen_modules(model: Classifier, frozen_blocks: int | None) -> list[nn.Module]:
     """The modules of the first `frozen_blocks` backbone blocks (None: the backbone's default).
 
     Too large a number is a clear error naming how many blocks the backbone has.
     """
-    if frozen_blocks is None:
-        frozen_blocks = get_spec(model.backbone_name).default_frozen_blocks
+    frozen_blocks = resolve_frozen_blocks(model.backbone_name, frozen_blocks)
     blocks = backbone_blocks(model)
     if not 0 <= frozen_blocks <= len(blocks):
         raise ConfigError(

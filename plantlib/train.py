@@ -56,10 +56,10 @@ from plantlib.models import (
     Classifier,
     build_model,
     frozen_modules,
-    get_spec,
     model_size_mb,
     normalization_for,
     parameter_counts,
+    resolve_frozen_blocks,
     set_backbone_trainable,
     weights_source,
 )
@@ -256,8 +256,7 @@ class Trainer:
             fold_bn=self.bn_folded,
         ).to(self.device, memory_format=torch.channels_last)
         frozen_modules(self.model, config.frozen_blocks)  # an impossible frozen_blocks fails before any work
-        default_frozen = get_spec(config.backbone).default_frozen_blocks
-        self.frozen_blocks = default_frozen if config.frozen_blocks is None else config.frozen_blocks
+        self.frozen_blocks = resolve_frozen_blocks(config.backbone, config.frozen_blocks)
         if config.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.train_model: nn.Module = self.model  # wrapped in DistributedDataParallel per stage under torchrun
