@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plantlib.config import ENGINES
 from plantlib.errors import PlantlibError
 
 Command = Callable[[argparse.Namespace], int]
@@ -102,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from plantlib.evaluate import format_metrics
     from plantlib.inference import evaluate_folder, evaluate_split, load_model
 
-    loaded = load_model(args.checkpoint, device=args.device)
+    loaded = load_model(args.checkpoint, device=args.device, engine=args.engine)
     if args.data_dir:
         metrics, _ = evaluate_folder(loaded, Path(args.data_dir), Path(args.out_dir) if args.out_dir else None)
         where = args.data_dir
@@ -119,7 +120,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from plantlib.inference import load_model, predict_files
     from plantlib.io import atomic_write
 
-    loaded = load_model(args.checkpoint, device=args.device)
+    loaded = load_model(args.checkpoint, device=args.device, engine=args.engine)
     frame = predict_files(loaded, [Path(p) for p in args.paths], batch_size=args.batch_size)
     frame = frame.drop(columns=["confidence"])
     if args.out:
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--data-dir", help="folder-per-class directory to evaluate on instead (an external set)")
     evaluate.add_argument("--out-dir", help="where metrics and predictions go (default: inside the run dir)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    evaluate.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
+    )
     evaluate.set_defaults(run=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
@@ -238,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="CSV to write (path, predicted, p_<class>...); default: print")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    predict.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
+    )
     predict.set_defaults(run=_cmd_predict)
 
     report = commands.add_parser("report", help="run notebooks 01-04 with papermill and export HTML reports")

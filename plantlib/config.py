@@ -25,6 +25,7 @@ FINETUNE_MODES = ("full", "head", "two_stage")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
 
 
 def option(default: Any, help: str) -> Any:

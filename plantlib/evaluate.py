@@ -6,6 +6,7 @@ trainer, the CLI and the notebooks share one definition of every number they pri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ _BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
 
 
 def predict_logits(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
@@ -45,7 +46,7 @@ def predict_logits(
     afterwards so a trainer can call this mid-fit.
     """
     device = torch.device(device)
-    was_training = getattr(model, "training", False)  # a frozen TorchScript graph has no modes
+    was_training = getattr(model, "training", False)  # a compiled network (plantlib.engine) has no modes
     if was_training:
         model.eval()
     chunks: list[torch.Tensor] = []
@@ -56,7 +57,7 @@ def predict_logits(
                     break
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 images = images.to(device, non_blocking=True)
-                if images.dim() == 4:
+                if images.dim() == 4 and isinstance(model, torch.nn.Module):  # a compiled network takes NCHW
                     images = images.contiguous(memory_format=torch.channels_last)
                 with maybe_autocast(device, autocast_dtype):
                     logits = model(images)
@@ -74,7 +75,7 @@ def softmax_probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 def predict_probabilities(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
@@ -271,19 +272,19 @@ def predictions_frame(
         raise ValueError(f"got {len(paths)} paths for {len(probs)} rows of probabilities; pass one path per image")
     names = np.asarray(class_names, dtype=object)
     predicted = probs.argmax(axis=1)
-    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    columns: dict[str, Any] = {"path": [str(p) for p in paths]}  # one DataFrame at the end: inserting is slow
     if y_true is not None:
         y_true = np.asarray(y_true, dtype=np.int64)
         if y_true.shape != (len(probs),):
             raise ValueError(f"y_true must have shape ({len(probs)},); got {y_true.shape}")
-        frame["true"] = names[y_true]
-    frame["predicted"] = names[predicted]
-    frame["confidence"] = probs.max(axis=1)
+        columns["true"] = names[y_true]
+    columns["predicted"] = names[predicted]
+    columns["confidence"] = probs.max(axis=1)
     if y_true is not None:
-        frame["correct"] = predicted == y_true
+        columns["correct"] = predicted == y_true
     for k, name in enumerate(class_names):
-        frame[f"p_{name}"] = probs[:, k]
-    return frame
+        columns[f"p_{name}"] = probs[:, k]
+    return pd.DataFrame(columns)
 
 
 def misclassified(frame: pd.DataFrame) -> pd.DataFrame:

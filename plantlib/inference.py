@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from plantlib.data.dataset import resize_side
 from plantlib.data.images import ImageDecodeError, is_image_name
 from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
+from plantlib.engine import Forward, compile_for_inference
 from plantlib.errors import DataError
 from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
 from plantlib.folding import fold_batchnorm
 from plantlib.models import Classifier, build_model
 from plantlib.runs import read_run_info
-from plantlib.runtime import autocast_dtype, resolve_device
+from plantlib.runtime import autocast_dtype, resolve_device, torch_threads
 
 
 @dataclass
@@ -39,10 +41,17 @@ class LoadedModel:
     checkpoint_path: Path
     device: torch.device
     dtype: torch.dtype | None
+    forward: Forward  # the model itself, or its OpenVINO compilation (see `plantlib.engine`)
+    engine: str = "torch"
 
     @property
     def run_dir(self) -> Path:
         return self.checkpoint_path.parent
+
+    @property
+    def takes_uint8(self) -> bool:
+        """Whether `forward` normalises by itself and so takes the uint8 crop."""
+        return bool(getattr(self.forward, "takes_uint8", False))
 
     def image_cache(self) -> DecodedImageCache:
         return DecodedImageCache(max_side=resize_side(self.image_size))
@@ -54,19 +63,31 @@ class LoadedModel:
         batch_size: int = 32,
         cache: DecodedImageCache | None = None,
     ) -> torch.utils.data.DataLoader:
-        transform = eval_transform(self.image_size, self.normalization)
+        transform = eval_transform(self.image_size, self.normalization, normalize=not self.takes_uint8)
         dataset = ImageDataset(files, targets, transform, cache or self.image_cache())
         return make_loader(dataset, batch_size, shuffle=False, seed=0)
 
     def probabilities(
         self, files: Sequence[Path], batch_size: int = 32, cache: DecodedImageCache | None = None
     ) -> np.ndarray:
-        loader = self.loader(files, [0] * len(files), batch_size, cache)
-        return predict_probabilities(self.model, loader, self.device, self.dtype)
+        return self.predict(self.loader(files, [0] * len(files), batch_size, cache))
+
+    def predict(self, loader: torch.utils.data.DataLoader) -> np.ndarray:
+        """Probabilities for a loader's images through this model's engine."""
+        with self.preprocessing_threads():
+            return predict_probabilities(self.forward, loader, self.device, self.dtype)
+
+    def preprocessing_threads(self) -> contextlib.AbstractContextManager:
+        """One torch thread around image decoding and transforms when another runtime does the forward pass."""
+        return torch_threads(1) if self.engine != "torch" else contextlib.nullcontext()
 
 
-def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
-    """Rebuild the classifier stored in `checkpoint` (a .pt file or a run directory)."""
+def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto", engine: str = "auto") -> LoadedModel:
+    """Rebuild the classifier stored in `checkpoint` (a .pt file or a run directory).
+
+    `engine` picks the runtime for predictions: `auto` compiles the network with OpenVINO for fp32 CPU inference
+    when it is installed (same logits, faster), `torch` keeps eager torch, `openvino` insists on OpenVINO.
+    """
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
@@ -90,15 +111,22 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto") 
         fold_batchnorm(model.backbone)  # exact in evaluation mode, and faster
     model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
+    normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
+    dtype = autocast_dtype(precision, target, training=False)
+    forward, engine_name = compile_for_inference(
+        model, int(payload["image_size"]), normalization, target, dtype, engine
+    )
     return LoadedModel(
         model=model,
         class_names=list(payload["class_names"]),
         image_size=int(payload["image_size"]),
-        normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+        normalization=normalization,
         config=config,
         checkpoint_path=path,
         device=target,
-        dtype=autocast_dtype(precision, target, training=False),
+        dtype=dtype,
+        forward=forward,
+        engine=engine_name,
     )
 
 
@@ -129,7 +157,8 @@ def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[li
 def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
     """Class probabilities for image files or folders of them; unreadable files are skipped with a warning."""
     cache = loaded.image_cache()
-    files, _ = readable_images(paths, cache)
+    with loaded.preprocessing_threads():
+        files, _ = readable_images(paths, cache)
     if not files:
         raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
     probs = loaded.probabilities(files, batch_size, cache)
@@ -179,7 +208,7 @@ def _evaluate(
     if rows.empty:
         raise DataError(f"no images to evaluate in {out_dir or 'this selection'}")
     loader = loaded.loader(rows["file"].tolist(), rows["target"].tolist())
-    probs = predict_probabilities(loaded.model, loader, loaded.device, loaded.dtype)
+    probs = loaded.predict(loader)
     metrics = compute_metrics(rows["target"].to_numpy(), probs, loaded.class_names)
     frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, loaded.class_names)
     if out_dir is not None:

@@ -47,16 +47,15 @@ def train_transform(image_size: int = 224, norm: Normalization = Normalization()
     )
 
 
-def eval_transform(image_size: int = 224, norm: Normalization = Normalization()) -> v2.Compose:
-    """Deterministic: resize the shorter side, centre crop, normalise."""
-    return v2.Compose(
-        [
-            v2.Resize(resize_side(image_size), antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(norm.mean, norm.std),
-        ]
-    )
+def eval_transform(image_size: int = 224, norm: Normalization = Normalization(), normalize: bool = True) -> v2.Compose:
+    """Deterministic: resize the shorter side, centre crop, normalise.
+
+    `normalize=False` stops at the uint8 crop, for a compiled network that normalises inside its graph.
+    """
+    steps = [v2.Resize(resize_side(image_size), antialias=True), v2.CenterCrop(image_size)]
+    if normalize:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)]
+    return v2.Compose(steps)
 
 
 class ImageDataset(Dataset):
