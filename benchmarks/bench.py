@@ -2,11 +2,11 @@
 
 Every figure comes from its own process (`benchmarks.measure`), the two recipes alternating inside one
 invocation so their ratio holds on a noisy machine. The reference's full 25-epoch run (about 18 minutes on
-2 CPU cores) is kept in artifacts/bench/reference-full.json and reused while the machine, the software and
+2 CPU cores) is kept in artifacts/bench/reference-full-<device>.json and reused while the machine, the software and
 the split are the same; `--rerun-reference` measures it again. Writes artifacts/bench/bench.json and
 bench.md (the tables the README quotes).
 
-    python -m benchmarks.bench [--device cpu|cuda] [--skip-scaling] [--rerun-reference]
+    python -m benchmarks.bench [--device cpu|cuda] [--skip epochs inference reference scaling ddp] [--rerun-reference]
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def tables(results: dict[str, Any]) -> str:
         ref_inf, ours_inf = results["inference"]["reference"], results["inference"]["plantlib"]
         lines += [
             "",
-            "| inference (decode + preprocess + forward) | reference | plantlib | ratio |",
+            f"| inference (decode + preprocess + forward) | reference | plantlib ({ours_inf.get('engine', 'torch')}) "
+            "| ratio |",
             "| --- | --- | --- | --- |",
             f"| single image, median ms | {ref_inf['single_image_ms']:.1f} | {ours_inf['single_image_ms']:.1f} "
             f"| {ratio(ref_inf['single_image_ms'], ours_inf['single_image_ms']):.2f}× faster |",

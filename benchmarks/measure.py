@@ -125,6 +125,7 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -
     """Single-image latency (decode + preprocess + forward, fresh file each time) and batched throughput."""
     data = prepare_data(bench_config(), show_progress=False)
     files = data.frame("test")["file"].tolist()
+    engine = "torch"
     if recipe == "reference":
         from benchmarks.reference import reference_batch_predict, reference_model, reference_predict_one
 
@@ -132,11 +133,13 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -
         predict_one = lambda file: reference_predict_one(model, file, device)  # noqa: E731
         predict_all = lambda: reference_batch_predict(model, files, device=device)  # noqa: E731
     else:
-        from plantlib.inference import load_model, predict_files
+        from plantlib.inference import load_model
 
+        # Probabilities from the Python API (as the notebooks' predict widget), like the reference's functions.
         loaded = load_model(Path(checkpoint), device=device)
-        predict_one = lambda file: predict_files(loaded, [file])  # noqa: E731
-        predict_all = lambda: predict_files(loaded, files)  # noqa: E731
+        predict_one = lambda file: loaded.probabilities([file])  # noqa: E731
+        predict_all = lambda: loaded.probabilities(files)  # noqa: E731
+        engine = loaded.engine
     latency = _latency_ms(predict_one, files)
     predict_all()  # warm-up
     rates = []
@@ -147,6 +150,7 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -
     return {
         "recipe": recipe,
         "device": device,
+        "engine": engine,
         "single_image_ms": latency,
         "batched_images_per_s": statistics.median(rates),
         "peak_rss_mb": peak_rss_mb(),

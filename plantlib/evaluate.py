@@ -6,7 +6,7 @@ trainer, the CLI and the notebooks share one definition of every number they pri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from torch.utils.data import DataLoader
 
 from plantlib.io import atomic_write, write_json
 from plantlib.runtime import maybe_autocast
@@ -34,7 +33,7 @@ _BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
 
 def predict_logits(
     model: Callable[[torch.Tensor], torch.Tensor],
-    loader: DataLoader,
+    loader: Iterable,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
@@ -76,7 +75,7 @@ def softmax_probabilities(logits: torch.Tensor) -> np.ndarray:
 
 def predict_probabilities(
     model: Callable[[torch.Tensor], torch.Tensor],
-    loader: DataLoader,
+    loader: Iterable,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:

@@ -66,6 +66,12 @@ def test_checkpoint_predictions_agree_between_engines(run_dir: Path) -> None:
     data_dir = Path(by_torch.config.data_dir)
     single = predict_files(by_openvino, [data_dir / images[0]])
     assert single["p_bee"].iloc[0] == pytest.approx(frame_torch["p_bee"].iloc[0], abs=1e-5)
+    files = [data_dir / name for name in images]
+    in_pairs = by_openvino.probabilities(files, batch_size=2)  # batches of 2 + 1, still in file order
+    assert in_pairs == pytest.approx(by_openvino.probabilities(files), abs=1e-6)
+    assert in_pairs[:, 1] == pytest.approx(frame_torch["p_bee"].to_numpy()[:3], abs=1e-5)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        by_openvino.probabilities(files, batch_size=0)
 
 
 def test_auto_keeps_torch_where_openvino_cannot_serve(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
