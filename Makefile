@@ -38,7 +38,7 @@ test: setup browser ## run the test suite
 	$(BIN)/python -m pytest
 
 bench: data ## speed and memory vs the PyTorch tutorial recipe (artifacts/bench/bench.md)
-	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.bench --skip ddp
 
 lint: setup ## ruff lint + format check (notebooks included)
 	$(BIN)/ruff check .
