@@ -75,7 +75,7 @@ class OpenVinoClassifier:
         if images.dtype != torch.uint8:
             raise TypeError(
                 f"OpenVinoClassifier takes uint8 images (0-255, N x 3 x H x W), got {images.dtype}; "
-                "feed it from LoadedModel.loader, which yields them"
+                "feed it from LoadedModel.batches, which yields them"
             )
         array = images.detach().cpu().contiguous().numpy()
         logits = self.request.infer({0: array})[0]
