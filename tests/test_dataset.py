@@ -50,6 +50,31 @@ def test_each_image_is_decoded_once_per_process(tiny_dataset: Path, monkeypatch:
     assert min(cache.get(data.paths[0]).shape[1:]) == 40  # stored downsized
 
 
+def test_prefetch_decodes_only_missing_images_in_threads_and_reports_bad_files(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plantlib.data.images import ImageDecodeError
+
+    decoded: list[Path] = []
+    real = cache_module.load_rgb
+    monkeypatch.setattr(cache_module, "load_rgb", lambda p: decoded.append(p) or real(p))
+    files = sorted(tiny_dataset.rglob("*.jpg"))[:6]
+    cache = DecodedImageCache(max_side=40)
+    cache.get(files[0])
+    with ThreadPoolExecutor(2) as pool:
+        cache.prefetch([*files, files[1]], pool)  # one already cached, one listed twice
+        assert sorted(decoded) == sorted(files) and len(cache) == 6
+        assert all(torch.equal(cache.get(f), DecodedImageCache(max_side=40).get(f)) for f in files)
+        assert len(decoded) == 6 + 6  # the fresh caches above decoded; the shared one did not again
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"not a jpeg")
+        with pytest.raises(ImageDecodeError):
+            cache.prefetch([files[0], broken], pool)
+    assert broken not in cache and files[0] in cache
+
+
 def test_loader_order_follows_the_seed(tiny_dataset: Path) -> None:
     data = _dataset(tiny_dataset, eval_transform(32))
 

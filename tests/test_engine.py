@@ -72,6 +72,10 @@ def test_checkpoint_predictions_agree_between_engines(run_dir: Path) -> None:
     assert in_pairs[:, 1] == pytest.approx(frame_torch["p_bee"].to_numpy()[:3], abs=1e-5)
     with pytest.raises(ConfigError, match="batch_size=0"):
         by_openvino.probabilities(files, batch_size=0)
+    serial = list(by_openvino.batches(files, batch_size=2))
+    threaded = list(by_openvino.batches(files, batch_size=2, workers=2))  # decoded and cropped by 2 threads
+    assert [b.shape[0] for b in threaded] == [2, 1] and all(b.dtype == torch.uint8 for b in threaded)
+    assert all(torch.equal(a, b) for a, b in zip(serial, threaded, strict=True))
 
 
 def test_auto_keeps_torch_where_openvino_cannot_serve(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

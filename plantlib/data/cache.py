@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,10 @@ class DecodedImageCache:
     def __len__(self) -> int:
         return len(self._images) + (len(self._disk) if self._disk else 0)
 
+    def __contains__(self, path: object) -> bool:
+        key = str(path)
+        return key in self._images or (self._disk is not None and key in self._disk)
+
     def nbytes(self) -> int:
         """Bytes held in memory (the part that counts against the budget)."""
         return self._memory_bytes
@@ -118,6 +124,16 @@ class DecodedImageCache:
         image = self._decode(Path(path))
         self._store(key, image)
         return image
+
+    def prefetch(self, paths: Sequence[Path], pool: Executor) -> None:
+        """Decode the not-yet-cached `paths` in parallel on `pool` (Pillow releases the GIL while decoding).
+
+        Only the calling thread changes the cache, so afterwards other threads may `get` these paths safely.
+        A file that cannot be decoded raises `ImageDecodeError`, as `get` does.
+        """
+        missing = list(dict.fromkeys(str(path) for path in paths if path not in self))
+        for key, image in zip(missing, pool.map(lambda key: self._decode(Path(key)), missing), strict=True):
+            self._store(key, image)
 
     def _store(self, key: str, image: torch.Tensor) -> None:
         size = image.numel()
