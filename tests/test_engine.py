@@ -16,8 +16,6 @@ from plantlib.runtime import torch_threads
 from plantlib.train import train
 from tests.conftest import pattern_image, tiny_config, write_dataset
 
-pytest.importorskip("openvino")
-
 
 def _crops(count: int, size: int) -> torch.Tensor:
     """uint8 N x 3 x size x size crops of varied synthetic pictures, as the inference loader yields them."""
