@@ -186,6 +186,17 @@ def _parser_for(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how a checkpoint runs: shared by `evaluate` and `predict`."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plantlib", description="Train, evaluate and compare transfer-learning image classifiers."
@@ -230,13 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the run's data")
     where.add_argument("--data-dir", help="folder-per-class directory to evaluate on instead (an external set)")
     evaluate.add_argument("--out-dir", help="where metrics and predictions go (default: inside the run dir)")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    evaluate.add_argument(
-        "--engine",
-        default="auto",
-        choices=ENGINES,
-        help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
-    )
+    _add_inference_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
@@ -244,13 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files or folders of images")
     predict.add_argument("--out", help="CSV to write (path, predicted, p_<class>...); default: print")
     predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    predict.add_argument(
-        "--engine",
-        default="auto",
-        choices=ENGINES,
-        help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
-    )
+    _add_inference_options(predict)
     predict.set_defaults(run=_cmd_predict)
 
     report = commands.add_parser("report", help="run notebooks 01-04 with papermill and export HTML reports")
