@@ -26,7 +26,10 @@ from typing import Any
 import torch
 
 from benchmarks.measure import BENCH_DIR, steady
+from plantlib.config import RunConfig
+from plantlib.data.prepare import split_file_for
 from plantlib.io import write_json, write_text
+from plantlib.paths import builtin_data_dir
 
 TARGETS = {
     "epoch_speedup_b32": 3.0,
@@ -79,8 +82,8 @@ def reference_fingerprint(device: str) -> str:
     root = Path(__file__).resolve().parents[1]
     parts = [json.dumps(machine(), sort_keys=True), device, (root / "benchmarks" / "reference.py").read_text()]
     parts.append(repr(reference_model(2)))
-    splits = sorted((root / "data" / "splits").glob("dandelion-vs-grass-*-seed42-70-15-15.csv"))
-    parts += [s.read_text() for s in splits]
+    split_file = split_file_for(RunConfig(), builtin_data_dir())  # the default recipe's split of the data
+    parts += [split_file.read_text()] if split_file.is_file() else []
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

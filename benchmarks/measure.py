@@ -63,7 +63,7 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
         eval_s = evaluate_reference(result.model, data, batch_size, device=device)
         accuracy = result.test_accuracy
     else:
-        from plantlib.train import Trainer, evaluate_epoch
+        from plantlib.train import Trainer
 
         trainer = Trainer(config, data=data, show_progress=False)
         trained = trainer.fit()
@@ -72,7 +72,7 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
         accuracy = trained.test_metrics["accuracy"]
         started = time.perf_counter()
         for split in ("val", "test"):
-            evaluate_epoch(trainer, split)
+            trainer.loss_and_accuracy(split)
         eval_s = time.perf_counter() - started
     return {
         "recipe": recipe,
@@ -180,15 +180,15 @@ def reference_full(epochs: int = 25, device: str = "cpu") -> dict[str, Any]:
 def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) -> dict[str, Any]:
     """The default recipe on the training split replicated `factor` times (synthetic augmented copies)."""
     from benchmarks.replicate import replicate_training_split
-    from plantlib.train import Trainer
+    from plantlib.train import Trainer, build_image_cache
 
     changes: dict[str, Any] = {"epochs": epochs, "early_stopping_patience": None}
     if cache_memory_mb is not None:
         changes["cache_memory_mb"] = cache_memory_mb
     config = bench_config(**changes)
     data = replicate_training_split(prepare_data(config, show_progress=False), factor, BENCH_DIR / "replicated")
-    trainer = Trainer(config, data=data, show_progress=False)
-    trained = trainer.fit()
+    cache = build_image_cache(config)
+    trained = Trainer(config, data=data, show_progress=False, image_cache=cache).fit()
     train_s = [row["train_seconds"] for row in trained.history]
     return {
         "factor": factor,
@@ -198,7 +198,7 @@ def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) 
         "steady_epoch_s": steady([row["seconds"] for row in trained.history]),
         "train_images_per_s": train_images(data) / steady(train_s),
         "test_accuracy": trained.test_metrics["accuracy"],
-        "cache": trainer.image_cache.stats(),
+        "cache": cache.stats(),
         "peak_rss_mb": peak_rss_mb(),
     }
 

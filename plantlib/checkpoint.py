@@ -1,7 +1,8 @@
-"""Checkpoints: plain, self-describing dicts written atomically.
+"""Checkpoints: plain, self-describing dicts written atomically, and where a run directory keeps them.
 
-A checkpoint holds the model, optimiser, scheduler, epoch, best metric, config, class names, image size,
-normalisation and RNG states, so predict/evaluate/resume need nothing else.
+A checkpoint holds the model, optimiser, scheduler, loss scaler, epoch, early-stopping state, history, config,
+class names and normalisation. The model's shape is read from the saved config alone, so predict, evaluate and
+resume need nothing else. RNG states are not saved: every epoch reseeds from (seed, epoch).
 """
 
 from __future__ import annotations
@@ -17,11 +18,26 @@ from plantlib.errors import PlantlibError
 from plantlib.io import atomic_path
 
 CHECKPOINT_FORMAT = "plantlib-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: model shape from the saved config only (1 also had top-level backbone/head/bn_folded)
+BEST_CHECKPOINT = "best.pt"  # the weights of the best epoch by the monitored metric
+LAST_CHECKPOINT = "last.pt"  # everything needed to resume after the last finished epoch
 
 
 class CheckpointError(PlantlibError):
     """A checkpoint is missing, corrupt, or does not fit what it is used for."""
+
+
+def find_checkpoint(path: Path, names: tuple[str, ...] = (BEST_CHECKPOINT, LAST_CHECKPOINT)) -> Path:
+    """`path` when it is a file; for a run directory its first existing checkpoint among `names`."""
+    path = Path(path)
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no {' or '.join(names)}; pass a checkpoint file or a run directory")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run's {BEST_CHECKPOINT} or {LAST_CHECKPOINT}")
+    return path
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -32,24 +48,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; anything else is a CheckpointError saying what to do."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return load_checkpoint(path / name, map_location)
-        raise CheckpointError(f"{path} holds no best.pt or last.pt; pass a checkpoint file or a run directory")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a run's best.pt or last.pt")
+    """Read a checkpoint file (or a run directory's best one); anything else is a CheckpointError saying what to do."""
+    path = find_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a plantlib checkpoint ({error.__class__.__name__}); "
-            "use the run's other checkpoint (best.pt / last.pt) or train again"
+            f"use the run's other checkpoint ({BEST_CHECKPOINT} / {LAST_CHECKPOINT}) or train again"
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a plantlib checkpoint; pass a best.pt or last.pt written by plantlib")
+        raise CheckpointError(
+            f"{path} is not a plantlib checkpoint; pass a {BEST_CHECKPOINT} or {LAST_CHECKPOINT} written by plantlib"
+        )
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} was written by a newer plantlib (format {payload['version']}); upgrade plantlib")
     return payload

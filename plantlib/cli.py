@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plantlib.config import ENGINES
+from plantlib.config import DATA_FIELDS, ENGINES
 from plantlib.errors import PlantlibError
 
 Command = Callable[[argparse.Namespace], int]
@@ -32,12 +32,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from plantlib.config import RunConfig
     from plantlib.data import prepare_data, split_counts
 
-    config = RunConfig(
-        data_dir=args.data_dir,
-        seed=args.seed,
-        new_split=args.new_split,
-        near_duplicate_distance=args.near_duplicate_distance,
-    )
+    base = RunConfig.from_json(args.config) if args.config else RunConfig()
+    config = base.replace(**{name: getattr(args, name) for name in DATA_FIELDS if hasattr(args, name)})
     prepared = prepare_data(config)
     report = prepared.report()
     print(f"data dir     {prepared.data_dir}")
@@ -52,47 +48,29 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _without_nproc(argv: Sequence[str]) -> list[str]:
-    """The train arguments minus `--nproc N`, for the processes torchrun starts."""
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--nproc":
-            skip = True
-        elif not item.startswith("--nproc="):
-            out.append(item)
-    return out
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from plantlib.config import RunConfig, field_names
-    from plantlib.distributed import launch, launched_by_torchrun, shutdown
+    from plantlib.distributed import launched_by_torchrun, shutdown
     from plantlib.evaluate import format_metrics
     from plantlib.train import Trainer
 
-    if args.nproc > 1 and not launched_by_torchrun():
-        train_args = _without_nproc(args.argv[args.argv.index("train") + 1 :])
-        status = launch(args.nproc, train_args)
-        if status != 0:
-            raise PlantlibError(
-                f"the distributed run failed (torchrun exit status {status}; the failing rank's error is above). "
-                "The last finished epoch is in last.pt: continue with plantlib train --resume RUN_DIR"
-            )
-        return 0
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
-    if args.resume:
-        if overrides:
-            raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
-        trainer = Trainer.resume(args.resume)
-    else:
-        base = RunConfig.from_json(args.config) if args.config else RunConfig()
-        trainer = Trainer(base.replace(**overrides))
+    if args.resume and overrides:
+        raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
+    config = None
+    if not args.resume:
+        config = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+    if args.nproc > 1 and not launched_by_torchrun():
+        from plantlib.launch import run_torchrun, start_run
+
+        run_torchrun(args.resume or start_run(config), args.nproc)
+        return 0
+    trainer = Trainer.resume(args.resume) if args.resume else Trainer(config)
     try:
         result = trainer.fit()
     finally:
         shutdown()
-    if trainer.dist.is_main:
+    if trainer.is_main_process:
         print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
         if result.test_metrics:
             print("test split: " + format_metrics(result.test_metrics))
@@ -157,13 +135,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One --flag per RunConfig field; only flags actually given override the config."""
+def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One --flag per RunConfig field (or per field in `names`); only flags actually given override the config."""
     from plantlib.config import RunConfig
 
     hints = typing.get_type_hints(RunConfig)
     for item in dataclasses.fields(RunConfig):
-        if item.name == "extra":
+        if item.name == "extra" or (names is not None and item.name not in names):
             continue
         flag = "--" + item.name.replace("_", "-")
         help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
@@ -212,15 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=_cmd_fetch_data)
 
     scan = commands.add_parser("scan", help="validate a dataset, find duplicates and write/reuse its split")
-    scan.add_argument("--data-dir", help="folder with one sub-folder per class (default: built-in dataset)")
-    scan.add_argument("--seed", type=int, default=42, help="seed of the split (default: 42)")
-    scan.add_argument("--new-split", action="store_true", help="make a new split even if one exists")
-    scan.add_argument(
-        "--near-duplicate-distance",
-        type=int,
-        default=6,
-        help="max perceptual-hash distance for near-duplicates (default: 6)",
-    )
+    scan.add_argument("--config", type=Path, help="config.json whose data options to start from")
+    _add_config_options(scan, DATA_FIELDS)
     scan.set_defaults(run=_cmd_scan)
 
     train = commands.add_parser("train", help="train one run; writes artifacts/runs/<time>-<backbone>/")
@@ -274,7 +245,6 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = _show_warning  # one readable line instead of a source location
     try:
         return args.run(args)

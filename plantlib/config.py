@@ -20,12 +20,21 @@ from plantlib.io import write_json
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "plateau", "onecycle", "none")
-HEADS = ("mlp", "linear")
 FINETUNE_MODES = ("full", "head", "two_stage")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
+# The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
+DATA_FIELDS = (
+    "data_dir",
+    "split_file",
+    "new_split",
+    "val_fraction",
+    "test_fraction",
+    "near_duplicate_distance",
+    "seed",
+)
 
 
 def option(default: Any, help: str) -> Any:
@@ -188,7 +197,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_values(c: RunConfig) -> None:
-    from plantlib.models import get_spec  # the registry lives with the models
+    from plantlib.models import HEADS, get_spec  # the registry and the heads live with the models
 
     get_spec(c.backbone)  # "unknown backbone 'x'; choose one of: ..."
     _check_choice("optimizer", c.optimizer, OPTIMIZERS)

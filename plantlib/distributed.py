@@ -1,4 +1,4 @@
-"""torch.distributed for `plantlib train`: process group, sharding, gathering, and the torchrun launcher.
+"""torch.distributed primitives for `plantlib train`: process group, sharding, gathering (launching: `plantlib.launch`).
 
 Under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) a run becomes
 DistributedDataParallel: NCCL on CUDA, gloo on CPU. Without those variables everything here is a
@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
-from plantlib.errors import ConfigError, PlantlibError
-
-if TYPE_CHECKING:
-    from plantlib.config import RunConfig
-    from plantlib.train import TrainingResult
+from plantlib.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -148,66 +140,3 @@ def barrier(ctx: DistributedContext) -> None:
     """Wait for all ranks (after rank 0 wrote a checkpoint the others will read)."""
     if ctx.enabled:
         dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------------- launcher
-
-
-def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
-    """`python -m torch.distributed.run --standalone --nproc_per_node N -m plantlib train ...` for one node."""
-    if nproc < 1:
-        raise ConfigError(f"nproc={nproc} is not allowed; use 1 or more processes")
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "--max_restarts=0",
-        "-m",
-        "plantlib",
-        "train",
-        *train_args,
-    ]
-
-
-def launch(nproc: int, train_args: Sequence[str]) -> int:
-    """Run `plantlib train` under torchrun on this node, relaying its output line by line; its exit status.
-
-    Relaying through this process's `sys.stdout` (instead of inheriting the file descriptor) makes the
-    output appear in a notebook cell and in papermill's executed notebook too.
-    """
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # share the cores instead of every process taking all of them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    command = torchrun_command(nproc, train_args)
-    print("launching: " + " ".join(command[1:]), flush=True)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            print(line, end="", flush=True)
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
-        raise
-
-
-def train_distributed(config: RunConfig, nproc: int) -> TrainingResult:
-    """Train `config` with `nproc` processes on this node (torchrun), e.g. from a notebook; the run's result."""
-    from plantlib.runs import list_runs
-    from plantlib.train import result_from_run_dir
-
-    before = set(list_runs(config.output_dir))
-    with tempfile.TemporaryDirectory(prefix="plantlib-launch-") as folder:
-        config_file = Path(folder) / "config.json"
-        config.to_json(config_file)
-        status = launch(nproc, ["--config", str(config_file)])
-    new_runs = [run for run in list_runs(config.output_dir) if run not in before]
-    if status != 0:
-        where = f"; its run directory is {new_runs[-1]} (resume with --resume)" if new_runs else ""
-        raise PlantlibError(f"the distributed run failed (torchrun exit status {status}; output above){where}")
-    if not new_runs:
-        raise PlantlibError("torchrun finished but wrote no run directory; see its output above")
-    return result_from_run_dir(new_runs[-1])

@@ -286,6 +286,22 @@ def predictions_frame(
     return pd.DataFrame(columns)
 
 
+def class_columns(frame: pd.DataFrame) -> list[str]:
+    """Class names in model order, read from the `p_<class>` columns."""
+    return [column[2:] for column in frame.columns if column.startswith("p_")]
+
+
+def check_predictions_frame(frame: pd.DataFrame) -> None:
+    """Fail with the missing columns when `frame` is not a `predictions_frame` (galleries and browsers need one)."""
+    missing = [c for c in ("path", "predicted", "confidence") if c not in frame.columns]
+    missing += [] if class_columns(frame) else ["p_<class>"]
+    if missing:
+        raise ValueError(
+            f"predictions frame lacks columns {missing} (it has {list(frame.columns)}); "
+            "build it with plantlib.evaluate.predictions_frame"
+        )
+
+
 def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
     """Wrong predictions, most confidently wrong first: the images worth looking at (label noise, hard cases)."""
     if "correct" not in frame.columns:

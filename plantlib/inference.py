@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plantlib.checkpoint import CheckpointError, load_checkpoint
+from plantlib.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from plantlib.config import RunConfig
 from plantlib.data import DataWarning, DecodedImageCache, Normalization, eval_transform
 from plantlib.data.dataset import resize_side
@@ -25,7 +25,7 @@ from plantlib.engine import Forward, compile_for_inference
 from plantlib.errors import ConfigError, DataError
 from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
 from plantlib.folding import fold_batchnorm
-from plantlib.models import Classifier, build_model
+from plantlib.models import Classifier, build_model, folds_batchnorm
 from plantlib.runs import read_run_info
 from plantlib.runtime import autocast_dtype, resolve_device, torch_threads
 
@@ -109,38 +109,34 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto", 
     `engine` picks the runtime for predictions: `auto` compiles the network with OpenVINO for fp32 CPU inference
     when it is installed (same logits, faster), `torch` keeps eager torch, `openvino` insists on OpenVINO.
     """
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    path = find_checkpoint(Path(checkpoint))
     payload = load_checkpoint(path)
     config = RunConfig.from_dict(payload["config"])
     target = resolve_device(device)
-    folded = bool(payload.get("bn_folded", False))
+    folded = checkpoint_is_folded(payload)
     model = build_model(
-        payload["backbone"],
+        config.backbone,
         len(payload["class_names"]),
         pretrained=False,
-        head=payload["head"],
+        head=config.head,
         dropout=config.dropout,
         fold_bn=folded,
     )
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not match backbone {payload['backbone']}: {error}") from error
+        raise CheckpointError(f"checkpoint {path} does not match backbone {config.backbone}: {error}") from error
     if not folded:
         fold_batchnorm(model.backbone)  # exact in evaluation mode, and faster
     model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
     normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
     dtype = autocast_dtype(precision, target, training=False)
-    forward, engine_name = compile_for_inference(
-        model, int(payload["image_size"]), normalization, target, dtype, engine
-    )
+    forward, engine_name = compile_for_inference(model, config.image_size, normalization, target, dtype, engine)
     return LoadedModel(
         model=model,
         class_names=list(payload["class_names"]),
-        image_size=int(payload["image_size"]),
+        image_size=config.image_size,
         normalization=normalization,
         config=config,
         checkpoint_path=path,
@@ -149,6 +145,14 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto", 
         forward=forward,
         engine=engine_name,
     )
+
+
+def checkpoint_is_folded(payload: dict[str, Any]) -> bool:
+    """The BatchNorm form of a checkpoint's backbone, from its config (format 1 recorded it separately)."""
+    if payload.get("version", 1) < 2:
+        return bool(payload.get("bn_folded", False))
+    config = payload["config"]
+    return folds_batchnorm(bool(config["freeze_bn"]), str(config["finetune"]))
 
 
 def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -26,7 +26,7 @@ IMAGENET_NORMALIZATION = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 # The TF originals feed (pixel - 127) / 128 on the 0..255 scale. Checked on real images: with these values the
 # stem BatchNorm's running variance matches the stem's output variance, and ImageNet predictions are best.
 LITE_NORMALIZATION = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-HEADS = ("linear", "mlp")
+HEADS = ("mlp", "linear")  # classifier heads on top of a backbone, see make_head
 DOWNLOAD_TIMEOUT_S = 20.0  # a connection that stalls this long counts as offline
 
 
@@ -278,6 +278,11 @@ def build_model(
     if fold_bn:
         fold_batchnorm(net)
     return Classifier(net, head_module, spec.num_features, spec.name)
+
+
+def folds_batchnorm(freeze_bn: bool, finetune: str) -> bool:
+    """Whether a run keeps the backbone's BatchNorm folded into its convolutions: whenever its statistics are fixed."""
+    return freeze_bn or finetune == "head"
 
 
 def backbone_blocks(model: Classifier) -> list[list[nn.Module]]:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from plantlib.data.images import ImageDecodeError, load_rgb
-from plantlib.evaluate import misclassified
+from plantlib.evaluate import check_predictions_frame, class_columns, misclassified
 from plantlib.io import atomic_write
 
 _THUMBNAIL_PIXELS = 256  # longest side kept in memory per grid tile: plenty for a 2-inch tile
@@ -40,12 +40,31 @@ def save_figure(fig: Figure, path: Path, dpi: int = 120, close: bool = True) -> 
     return path
 
 
-def _message_figure(message: str, size: tuple[float, float] = (5.0, 2.0)) -> Figure:
+def message_figure(message: str, size: tuple[float, float] = (5.0, 2.0)) -> Figure:
     """A figure that says why there is nothing to draw, so a report shows the reason instead of a gap."""
     fig, ax = plt.subplots(figsize=size)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
     ax.set_axis_off()
     return fig
+
+
+def draw_image_tile(ax: Axes, path: Path, max_pixels: int = _THUMBNAIL_PIXELS) -> None:
+    """The image at `path` in `ax`, or a grey tile saying why it cannot be decoded."""
+    try:
+        image, _ = load_rgb(path)
+        image.thumbnail((max_pixels, max_pixels))
+        ax.imshow(image)
+    except ImageDecodeError as error:
+        ax.imshow(np.full((8, 8, 3), _UNREADABLE_GREY), vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        short = textwrap.shorten(str(error), 40)
+        ax.text(0.5, 0.15, short, ha="center", va="center", transform=ax.transAxes, fontsize=6)
+
+
+def resolve_path(path: str | Path, root: Path | None) -> Path:
+    """`path` as it is when absolute (or without a root), else relative to `root`."""
+    path = Path(path)
+    return path if root is None or path.is_absolute() else Path(root) / path
 
 
 def _tile_grid(n: int, ncols: int, size: float, titled: bool) -> tuple[Figure, list[Axes]]:
@@ -73,7 +92,7 @@ def plot_history(history: list[dict]) -> Figure:
     The epoch with the lowest validation loss is marked, since that is usually the checkpoint kept.
     """
     if not history:
-        return _message_figure("no training history yet")
+        return message_figure("no training history yet")
     frame = pd.DataFrame(history)
     if "epoch" not in frame.columns:
         frame["epoch"] = np.arange(1, len(frame) + 1)
@@ -251,25 +270,10 @@ def plot_image_grid(
     if titles is not None and len(titles) != len(paths):
         raise ValueError(f"got {len(titles)} titles for {len(paths)} images; pass one title per image or none")
     if not paths:
-        return _message_figure("no images to show")
+        return message_figure("no images to show")
     fig, axes = _tile_grid(len(paths), ncols, size, titled=titles is not None)
     for index, (ax, path) in enumerate(zip(axes, paths, strict=True)):
-        try:
-            image, _ = load_rgb(Path(path))
-            image.thumbnail((_THUMBNAIL_PIXELS, _THUMBNAIL_PIXELS))
-            ax.imshow(image)
-        except ImageDecodeError as error:
-            ax.imshow(np.full((8, 8, 3), _UNREADABLE_GREY), vmin=0, vmax=1)
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes, fontsize=9)
-            ax.text(
-                0.5,
-                0.15,
-                textwrap.shorten(str(error), 40),
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=6,
-            )
+        draw_image_tile(ax, Path(path))
         if titles is not None:
             _tile_title(ax, titles[index], size)
     return fig
@@ -282,9 +286,9 @@ def plot_confident_mistakes(frame: pd.DataFrame, n: int = 12, root: Path | None 
     """
     wrong = misclassified(frame)
     if wrong.empty:
-        return _message_figure("no misclassified images")
+        return message_figure("no misclassified images")
     shown = wrong.head(n)
-    paths = [Path(p) if root is None or Path(p).is_absolute() else Path(root) / p for p in shown["path"]]
+    paths = [resolve_path(p, root) for p in shown["path"]]
     titles = [f"{row.true} → {row.predicted} (p={row.confidence:.2f})" for row in shown.itertuples()]
     fig = plot_image_grid(paths, titles, ncols=min(6, len(paths)), size=2.2)
     fig.suptitle(f"most confidently wrong: {len(shown)} of {len(wrong)} misclassified")
@@ -294,7 +298,7 @@ def plot_confident_mistakes(frame: pd.DataFrame, n: int = 12, root: Path | None 
 def plot_class_counts(counts: dict[str, int]) -> Figure:
     """Images per class as labelled bars, to spot class imbalance before training."""
     if not counts:
-        return _message_figure("no classes to count")
+        return message_figure("no classes to count")
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(counts), 3.5), layout="constrained")
     names = [str(name) for name in counts]
     bars = ax.bar(names, list(counts.values()), color=sns.color_palette(n_colors=len(counts)))
@@ -314,7 +318,7 @@ def plot_size_distribution(frame: pd.DataFrame) -> Figure:
         raise ValueError(f"frame needs width and height columns; missing {sorted(missing)}")
     sizes = frame[(frame["width"] > 0) & (frame["height"] > 0)].copy()
     if sizes.empty:
-        return _message_figure("no image sizes to show")
+        return message_figure("no image sizes to show")
     sizes["aspect ratio (w/h)"] = sizes["width"] / sizes["height"]
     hue = "label" if "label" in sizes.columns else None
     fig, (scatter_ax, hist_ax) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
@@ -339,7 +343,7 @@ def plot_tensor_grid(
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(titles)} titles for {len(images)} images; pass one title per image or none")
     if len(images) == 0:
-        return _message_figure("no images to show")
+        return message_figure("no images to show")
     batch = images.detach().to("cpu", torch.float32)
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -367,7 +371,7 @@ def plot_backbone_comparison(table: pd.DataFrame) -> Figure:
     if missing:
         raise ValueError(f"comparison table is missing columns {missing}; expected {required}")
     if table.empty:
-        return _message_figure("no backbones to compare")
+        return message_figure("no backbones to compare")
     rows = table.sort_values("accuracy", ascending=False).reset_index(drop=True)
     x = np.arange(len(rows))
     errors = np.vstack(
@@ -408,4 +412,59 @@ def plot_backbone_comparison(table: pd.DataFrame) -> Figure:
     )
     cost_ax.margins(x=0.25, y=0.15)
     cost_ax.grid(alpha=0.3)
+    return fig
+
+
+def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per_group: int = 6) -> Figure:
+    """Example images per (true class × right/wrong) group, most confident first, titled "true → predicted p=…".
+
+    One row per non-empty group, so an HTML report shows what the browser would without a kernel. Frames without
+    true labels are grouped by predicted class. Relative paths are resolved against `root`.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be at least 1; got {per_group}")
+    if frame.empty:
+        return message_figure("no predictions")
+    check_predictions_frame(frame)
+    labelled = "true" in frame.columns and "correct" in frame.columns
+    label_column = "true" if labelled else "predicted"
+    classes = class_columns(frame)
+    classes += sorted(set(frame[label_column].astype(str)) - set(classes))
+    groups: list[tuple[str, pd.DataFrame]] = []
+    for name in classes:
+        of_class = frame[frame[label_column].astype(str) == name]
+        if labelled:
+            right = of_class["correct"].astype(bool)
+            parts = [(f"{name}\nright", of_class[right]), (f"{name}\nwrong", of_class[~right])]
+        else:
+            parts = [(f"predicted\n{name}", of_class)]
+        for label, members in parts:
+            if not members.empty:
+                shown = members.sort_values("confidence", ascending=False, kind="stable").head(per_group)
+                groups.append((f"{label} ({len(shown)} of {len(members)})", shown))
+    if not groups:
+        return message_figure("no predictions")
+
+    ncols = max(len(shown) for _, shown in groups)
+    size = 2.0  # inches per tile
+    fig, axes = plt.subplots(
+        len(groups),
+        ncols,
+        figsize=(size * ncols + 0.8, (size + 0.4) * len(groups)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row_axes, (label, shown) in zip(axes, groups, strict=True):
+        for ax in row_axes[len(shown) :]:
+            fig.delaxes(ax)
+        for column, (ax, row) in enumerate(zip(row_axes, shown.itertuples(index=False), strict=False)):
+            draw_image_tile(ax, resolve_path(row.path, root))
+            true = f"{row.true} → " if labelled else ""
+            ax.set_title(f"{true}{row.predicted} p={row.confidence:.2f}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(f"example predictions: up to {per_group} per group, most confident first")
     return fig

@@ -1,8 +1,8 @@
-"""JupyterLab extras for looking at predictions, plus the static gallery that stands in for them in HTML reports.
+"""JupyterLab extras (ipywidgets) for looking at predictions.
 
 `prediction_browser` pages through a predictions frame (filter by true class and by right/wrong), and
 `upload_classifier` classifies an image dropped into the notebook. Widgets need a live kernel, so reports use
-`static_prediction_gallery`, a matplotlib figure of example images per (true class × right/wrong) group.
+`plantlib.plots.static_prediction_gallery`, a figure of example images per (true class × right/wrong) group.
 """
 
 from __future__ import annotations
@@ -15,22 +15,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from PIL import Image
 
 from plantlib.data.images import ImageDecodeError, load_rgb
-from plantlib.plots import _message_figure
+from plantlib.evaluate import check_predictions_frame, class_columns
+from plantlib.plots import resolve_path
 
 THUMBNAIL_SIDE = 320  # longest side of a widget thumbnail in pixels: sharp at notebook width, small to send
-_GALLERY_TILE_PIXELS = 256  # longest side kept in memory per gallery tile
 _THUMBNAIL_CACHE_SIZE = 64  # thumbnails a browser keeps, so paging back and forth does not decode again
 _ALL = ""  # class-filter value meaning "every class" (a class folder can never be named "")
 _OUTCOMES = ("all", "right", "wrong")
-_UNREADABLE_GREY = 0.6
 
 
 class ProbabilityModel(Protocol):
@@ -42,26 +38,6 @@ class ProbabilityModel(Protocol):
 
 
 # --- helpers shared by the widgets and the gallery ---------------------------------------------------------------
-
-
-def _class_columns(frame: pd.DataFrame) -> list[str]:
-    """Class names in model order, read from the `p_<class>` columns."""
-    return [column[2:] for column in frame.columns if column.startswith("p_")]
-
-
-def _check_frame(frame: pd.DataFrame) -> None:
-    missing = [c for c in ("path", "predicted", "confidence") if c not in frame.columns]
-    missing += [] if _class_columns(frame) else ["p_<class>"]
-    if missing:
-        raise ValueError(
-            f"predictions frame lacks columns {missing} (it has {list(frame.columns)}); "
-            "build it with plantlib.evaluate.predictions_frame"
-        )
-
-
-def _resolve(path: str | Path, root: Path | None) -> Path:
-    path = Path(path)
-    return path if root is None or path.is_absolute() else Path(root) / path
 
 
 def _thumbnail_jpeg(image: Image.Image, max_side: int = THUMBNAIL_SIDE) -> bytes:
@@ -105,10 +81,10 @@ class PredictionBrowser:
     """
 
     def __init__(self, frame: pd.DataFrame, root: Path | None = None) -> None:
-        _check_frame(frame)
+        check_predictions_frame(frame)
         self.frame = frame.reset_index(drop=True)
         self.root = Path(root) if root is not None else None
-        self.classes = _class_columns(frame)
+        self.classes = class_columns(frame)
         self.label_column = "true" if "true" in frame.columns else "predicted"
         self.has_outcome = "correct" in frame.columns
         self.rows = self.frame
@@ -186,7 +162,7 @@ class PredictionBrowser:
             self.details.value = ""
             return
         self.message.value = ""
-        thumbnail = self._thumbnail(_resolve(row["path"], self.root))
+        thumbnail = self._thumbnail(resolve_path(row["path"], self.root))
         if isinstance(thumbnail, bytes):
             self.image.value = thumbnail
             self.image.layout.display = None
@@ -317,73 +293,3 @@ class UploadClassifier:
 def upload_classifier(loaded: ProbabilityModel) -> widgets.Widget:
     """An upload box that classifies the image you drop on it with `loaded` (a `LoadedModel`)."""
     return UploadClassifier(loaded).widget
-
-
-# --- static gallery for reports ----------------------------------------------------------------------------------
-
-
-def _draw_tile(ax: Axes, path: Path) -> None:
-    """The image at `path` in `ax`, or a grey tile saying why it cannot be decoded."""
-    try:
-        image, _ = load_rgb(path)
-        image.thumbnail((_GALLERY_TILE_PIXELS, _GALLERY_TILE_PIXELS))
-        ax.imshow(image)
-    except ImageDecodeError as error:
-        ax.imshow(np.full((8, 8, 3), _UNREADABLE_GREY), vmin=0, vmax=1)
-        ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        ax.text(0.5, 0.15, str(error)[:40], ha="center", va="center", transform=ax.transAxes, fontsize=6)
-
-
-def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per_group: int = 6) -> Figure:
-    """Example images per (true class × right/wrong) group, most confident first, titled "true → predicted p=…".
-
-    One row per non-empty group, so an HTML report shows what the browser would without a kernel. Frames without
-    true labels are grouped by predicted class. Relative paths are resolved against `root`.
-    """
-    if per_group < 1:
-        raise ValueError(f"per_group must be at least 1; got {per_group}")
-    if frame.empty:
-        return _message_figure("no predictions")
-    _check_frame(frame)
-    labelled = "true" in frame.columns and "correct" in frame.columns
-    label_column = "true" if labelled else "predicted"
-    classes = _class_columns(frame)
-    classes += sorted(set(frame[label_column].astype(str)) - set(classes))
-    groups: list[tuple[str, pd.DataFrame]] = []
-    for name in classes:
-        of_class = frame[frame[label_column].astype(str) == name]
-        if labelled:
-            right = of_class["correct"].astype(bool)
-            parts = [(f"{name}\nright", of_class[right]), (f"{name}\nwrong", of_class[~right])]
-        else:
-            parts = [(f"predicted\n{name}", of_class)]
-        for label, members in parts:
-            if not members.empty:
-                shown = members.sort_values("confidence", ascending=False, kind="stable").head(per_group)
-                groups.append((f"{label} ({len(shown)} of {len(members)})", shown))
-    if not groups:
-        return _message_figure("no predictions")
-
-    ncols = max(len(shown) for _, shown in groups)
-    size = 2.0  # inches per tile
-    fig, axes = plt.subplots(
-        len(groups),
-        ncols,
-        figsize=(size * ncols + 0.8, (size + 0.4) * len(groups)),
-        squeeze=False,
-        layout="constrained",
-    )
-    for row_axes, (label, shown) in zip(axes, groups, strict=True):
-        for ax in row_axes[len(shown) :]:
-            fig.delaxes(ax)
-        for column, (ax, row) in enumerate(zip(row_axes, shown.itertuples(index=False), strict=False)):
-            _draw_tile(ax, _resolve(row.path, root))
-            true = f"{row.true} → " if labelled else ""
-            ax.set_title(f"{true}{row.predicted} p={row.confidence:.2f}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(False)
-            if column == 0:
-                ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(f"example predictions: up to {per_group} per group, most confident first")
-    return fig

@@ -14,17 +14,16 @@ import pytest
 import torch
 
 from plantlib.checkpoint import load_checkpoint
-from plantlib.cli import _without_nproc
 from plantlib.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     per_rank_batch_size,
     shard,
-    torchrun_command,
     unshard,
 )
 from plantlib.errors import ConfigError
 from plantlib.inference import evaluate_split, load_model
+from plantlib.launch import torchrun_command
 from plantlib.runs import list_runs, read_run_info
 from tests.conftest import run_cli, tiny_config, write_dataset
 
@@ -73,7 +72,6 @@ def test_nproc_launches_torchrun_for_one_node() -> None:
     command = torchrun_command(2, ["--epochs", "1"])
     assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node=2" in command and command[-4:] == ["plantlib", "train", "--epochs", "1"]
-    assert _without_nproc(["--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["--epochs", "1"]
     with pytest.raises(ConfigError, match="nproc=0"):
         torchrun_command(0, [])
 

@@ -8,7 +8,8 @@ import torch
 from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plantlib.config import RunConfig
 from plantlib.errors import PlantlibError
-from plantlib.train import Trainer, build_optimizer, build_scheduler, train
+from plantlib.optim import build_optimizer, build_scheduler
+from plantlib.train import Trainer, train
 from tests.conftest import tiny_config, write_dataset
 
 
@@ -42,7 +43,7 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert set(result.history[0]) >= {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"}
     checkpoint = load_checkpoint(result.run_dir / "best.pt")
-    assert checkpoint["class_names"] == ["ant", "bee"] and checkpoint["image_size"] == 64
+    assert checkpoint["class_names"] == ["ant", "bee"] and checkpoint["config"]["image_size"] == 64
     assert checkpoint["normalization"]["mean"] == [127 / 255] * 3 or len(checkpoint["normalization"]["mean"]) == 3
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and result.test_metrics["n"] == 8
 
@@ -163,7 +164,8 @@ def test_frozen_blocks_stay_fixed_and_the_checkpoint_predicts_as_the_run_did(
     later_after = [p for m in blocks[-1] for p in m.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(later_before, later_after, strict=True))
-    assert load_checkpoint(result.run_dir / "best.pt")["bn_folded"] is freeze_bn
+    saved = load_checkpoint(result.run_dir / "best.pt")["model"]
+    assert any(key.startswith("backbone.") and key.endswith("running_var") for key in saved) is not freeze_bn
 
     loaded = load_model(result.run_dir / "best.pt")
     assert not has_batchnorm2d(loaded.model.backbone)  # inference always runs the folded form

@@ -21,13 +21,13 @@ from PIL import Image
 
 from plantlib.data.images import load_rgb
 from plantlib.evaluate import predictions_frame
+from plantlib.plots import static_prediction_gallery
 from plantlib.widgets import (
     THUMBNAIL_SIDE,
     PredictionBrowser,
     UploadClassifier,
     classify_bytes,
     prediction_browser,
-    static_prediction_gallery,
     upload_classifier,
 )
 

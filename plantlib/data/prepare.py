@@ -52,17 +52,20 @@ def resolve_data_dir(config: RunConfig) -> Path:
     return target
 
 
+def split_file_for(config: RunConfig, data_dir: Path) -> Path:
+    """The split file `config` uses for the images in `data_dir`: its own `split_file`, or the default name."""
+    if config.split_file:
+        return Path(config.split_file)
+    return default_split_file(data_dir, config.seed, config.val_fraction, config.test_fraction)
+
+
 def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     """Fetch (built-in data only), scan, group duplicates and load or make the split for `config`."""
     data_dir = resolve_data_dir(config)
     scan = scan_dataset(data_dir, show_progress=show_progress)
     images = scan.images
     duplicates = find_duplicates(images, max_distance=config.near_duplicate_distance)
-    split_file = (
-        Path(config.split_file)
-        if config.split_file
-        else default_split_file(data_dir, config.seed, config.val_fraction, config.test_fraction)
-    )
+    split_file = split_file_for(config, data_dir)
     is_new = config.new_split or not split_file.is_file()
     if is_new:
         split = make_split(images, duplicates.group_of, config.val_fraction, config.test_fraction, config.seed)

@@ -1,0 +1,82 @@
+"""Start `plantlib train` under torchrun on this node: one path for the CLI (`--nproc`) and notebooks.
+
+The launcher makes the run directory (with config.json) itself and starts the processes on it with
+`--resume`, so it always knows which directory the job writes, even with other runs starting beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from plantlib.config import RunConfig
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.runs import new_run_dir
+from plantlib.train import TrainingResult, result_from_run_dir
+
+
+def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m plantlib train ...` for one node."""
+    if nproc < 1:
+        raise ConfigError(f"nproc={nproc} is not allowed; use 1 or more processes")
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "--max_restarts=0",
+        "-m",
+        "plantlib",
+        "train",
+        *train_args,
+    ]
+
+
+def relay(command: Sequence[str], env: dict[str, str]) -> int:
+    """Run `command`, relaying its output line by line through this process's stdout; its exit status.
+
+    Relaying (instead of inheriting the file descriptor) makes the output appear in a notebook cell and in
+    papermill's executed notebook too.
+    """
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+
+
+def run_torchrun(run_dir: Path, nproc: int) -> Path:
+    """Train (or continue) the run directory `run_dir` with `nproc` processes; it, once the job succeeded."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # share the cores instead of every process taking all of them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    command = torchrun_command(nproc, ["--resume", str(run_dir)])
+    print("launching: " + " ".join(command[1:]), flush=True)
+    status = relay(command, env)
+    if status != 0:
+        raise PlantlibError(
+            f"the distributed run failed (torchrun exit status {status}; the failing rank's error is above). "
+            f"Finished epochs are kept in {run_dir}: continue with plantlib train --nproc {nproc} --resume {run_dir}"
+        )
+    return Path(run_dir)
+
+
+def start_run(config: RunConfig) -> Path:
+    """A new run directory holding `config` as config.json, ready for `run_torchrun`."""
+    run_dir = new_run_dir(config.backbone, config.output_dir)
+    config.to_json(run_dir / "config.json")
+    return run_dir
+
+
+def train_distributed(config: RunConfig, nproc: int) -> TrainingResult:
+    """Train `config` with `nproc` processes on this node (torchrun), e.g. from a notebook; the run's result."""
+    return result_from_run_dir(run_torchrun(start_run(config), nproc))

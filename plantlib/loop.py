@@ -1,0 +1,96 @@
+"""One training epoch and one pass of predictions over a split: the two halves of an epoch, as plain functions.
+
+Everything they use comes in as an argument, so the Trainer, benchmarks and the experiments layer call the
+same code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from plantlib.distributed import DistributedContext, all_sum, unshard
+from plantlib.evaluate import predict_logits
+from plantlib.models import Classifier, frozen_modules
+from plantlib.optim import Optimization, steps_per_epoch_scheduler
+from plantlib.progress import progress
+from plantlib.runtime import maybe_autocast
+
+
+def set_training_mode(model: Classifier, backbone_trainable: bool, frozen_blocks: int | None, freeze_bn: bool) -> None:
+    """Training mode for what learns; evaluation mode for fixed feature extractors and fixed BatchNorm."""
+    model.train()
+    if not backbone_trainable:
+        model.backbone.eval()  # a frozen backbone is a fixed feature extractor
+        return
+    for module in frozen_modules(model, frozen_blocks):
+        module.eval()  # frozen leading blocks: fixed feature extractors too
+    if freeze_bn:
+        # Pretrained statistics beat ones re-estimated from a few hundred augmented images.
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def train_one_epoch(
+    network: nn.Module,
+    loader: DataLoader,
+    optimization: Optimization,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    dist: DistributedContext,
+    max_batches: int | None = None,
+    description: str = "epoch",
+) -> tuple[float, float]:
+    """One pass over `loader` (this process's share under DDP); mean loss and accuracy over every process.
+
+    `network` is what the step calls: the classifier, or its DistributedDataParallel wrapper.
+    """
+    opt = optimization
+    total_loss, correct, seen = 0.0, 0, 0
+    limit = min(max_batches or len(loader), len(loader))
+    with progress(total=limit, desc=description, unit="batch", leave=False) as bar:
+        for batch_index, (images, targets) in enumerate(loader):
+            if batch_index >= limit:
+                break
+            images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with maybe_autocast(device, dtype):
+                logits = network(images)
+                loss = opt.loss_fn(logits.float(), targets)
+            opt.optimizer.zero_grad(set_to_none=True)
+            opt.scaler.scale(loss).backward()
+            if opt.grad_clip is not None:
+                opt.scaler.unscale_(opt.optimizer)
+                nn.utils.clip_grad_norm_(network.parameters(), opt.grad_clip)
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+            if steps_per_epoch_scheduler(opt.scheduler):
+                opt.scheduler.step()
+            total_loss += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], dist)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def split_logits(
+    model: nn.Module,
+    loader: DataLoader,
+    total: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    dist: DistributedContext,
+) -> torch.Tensor:
+    """Logits of the `total` images behind `loader`, in split order; under DDP each rank computes its shard."""
+    local = predict_logits(model, loader, device, dtype)
+    return torch.from_numpy(unshard(local.numpy(), total, dist))
+
+
+def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of logits against integer targets (no label smoothing)."""
+    loss = nn.functional.cross_entropy(logits, targets).item()
+    return loss, (logits.argmax(1) == targets).double().mean().item()

@@ -1,0 +1,116 @@
+"""Optimisation pieces of a run: optimiser, learning-rate schedule and early stopping.
+
+Kept apart from the fit loop so that sweeps and cross-validation can build and inspect them on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from plantlib.config import RunConfig
+from plantlib.models import Classifier
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    monitor: str = "val_loss"
+    patience: int | None = 5
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record this epoch's value; True when it is the best so far."""
+        sign = -1.0 if self.monitor.endswith("loss") else 1.0
+        improved = self.best is None or sign * (value - self.best) > self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+def build_optimizer(model: Classifier, config: RunConfig) -> torch.optim.Optimizer:
+    """Two parameter groups: the backbone learns `backbone_lr_factor` times slower than the new head."""
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": config.learning_rate * config.backbone_lr_factor},
+        {"params": list(model.head.parameters()), "lr": config.learning_rate},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(groups, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int, epochs: int) -> Any:
+    """A scheduler stepped after every batch, except `plateau`, which steps on the monitored value per epoch."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.scheduler == "plateau":
+        mode = "min" if config.early_stopping_monitor.endswith("loss") else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.gamma, patience=1)
+    if config.scheduler == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if config.scheduler == "cosine":
+            done = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+            return warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
+        if config.scheduler == "step":
+            return warm * config.gamma ** (step // (config.step_size * steps_per_epoch))
+        return warm
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch_scheduler(scheduler: Any) -> bool:
+    """True for schedules stepped after every batch; ReduceLROnPlateau steps once per epoch on the metric."""
+    return not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+@dataclass
+class Optimization:
+    """What one training step needs besides the model: loss, optimiser, schedule, loss scaler, early stopping."""
+
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    early_stopping: EarlyStopping
+    grad_clip: float | None = None
+
+
+def build_optimization(
+    model: Classifier,
+    config: RunConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    device_type: str,
+    train_dtype: torch.dtype | None,
+) -> Optimization:
+    """Loss, optimiser, scheduler, gradient scaler and early stopping for one run of `config`."""
+    optimizer = build_optimizer(model, config)
+    return Optimization(
+        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config, steps_per_epoch, epochs),
+        # fp16 gradients underflow without loss scaling; the scaler is a pass-through for fp32 and bf16.
+        scaler=torch.amp.GradScaler(device_type, enabled=train_dtype == torch.float16),
+        early_stopping=EarlyStopping(
+            config.early_stopping_monitor, config.early_stopping_patience, config.early_stopping_min_delta
+        ),
+        grad_clip=config.grad_clip,
+    )
