@@ -71,7 +71,7 @@ def test_unknown_backbone_lists_valid_names():
 
 
 def test_unknown_head_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown head 'conv'; choose one of: linear, mlp"):
+    with pytest.raises(ConfigError, match="unknown head 'conv'; choose one of: mlp, linear"):
         build_model("resnet18", 2, pretrained=False, head="conv")
 
 
