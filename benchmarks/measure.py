@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from plantlib.checkpoint import find_checkpoint
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.paths import artifacts_dir
@@ -106,7 +107,7 @@ def default_run(device: str = "cpu") -> dict[str, Any]:
         "epoch_seconds": [row["seconds"] for row in trained.history],
         "test_accuracy": trained.test_metrics["accuracy"],
         "test_f1": trained.test_metrics["f1"],
-        "checkpoint": str(trained.run_dir / "best.pt"),
+        "checkpoint": str(find_checkpoint(trained.run_dir)),
         "peak_rss_mb": peak_rss_mb(),
     }
 

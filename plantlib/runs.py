@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plantlib.checkpoint import BEST_CHECKPOINT
 from plantlib.errors import PlantlibError
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
@@ -57,7 +58,7 @@ def list_runs(output_dir: str | Path | None = None) -> list[Path]:
 def latest_run(output_dir: str | Path | None = None, finished: bool = True) -> Path:
     """The newest run (with a best checkpoint when `finished`), or an error saying how to make one."""
     for run in reversed(list_runs(output_dir)):
-        if not finished or (read_run_info(run).get("status") == "finished" and (run / "best.pt").is_file()):
+        if not finished or (read_run_info(run).get("status") == "finished" and (run / BEST_CHECKPOINT).is_file()):
             return run
     raise PlantlibError(
         f"no {'finished ' if finished else ''}run found under {runs_dir(output_dir)}; "
