@@ -1,4 +1,4 @@
-"""Command-line front end: `plantlib fetch-data | scan | train | evaluate | predict | report`.
+"""Command-line front end: `plantlib train | evaluate | predict | report | runs | ui | track | export | ...`.
 
 User mistakes (a `PlantlibError`) print one line on stderr and exit with status 2, without a traceback.
 """
@@ -65,7 +65,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         run_torchrun(args.resume or start_run(config), args.nproc)
         return 0
-    trainer = Trainer.resume(args.resume) if args.resume else Trainer(config)
+    from plantlib.experiments import tracking_callbacks
+
+    saved = config or RunConfig.from_json(Path(args.resume) / "config.json")
+    callbacks = tracking_callbacks(saved)
+    trainer = Trainer.resume(args.resume, callbacks) if args.resume else Trainer(config, callbacks=callbacks)
     try:
         result = trainer.fit()
     finally:
@@ -74,6 +78,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
         if result.test_metrics:
             print("test split: " + format_metrics(result.test_metrics))
+        tracking = trainer.annotations.get("tracking")
+        if tracking:
+            print(f"MLflow run {tracking.get('run_id')} ({tracking.get('status')}) in {tracking.get('uri')}")
+        if args.register:
+            _register(result.run_dir, args.register)
+    return 0
+
+
+def _register(run: Path, name: str) -> None:
+    from plantlib.experiments.store import register_run
+
+    version = register_run(run, name)
+    print(f"registered {run} as {name} version {version}")
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from plantlib.experiments.store import register_run
+
+    version = register_run(args.run_dir, args.name, args.tracking_uri)
+    print(f"registered {args.run_dir} as {args.name} version {version}")
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from plantlib.experiments.store import sync_run_dir
+
+    for run in args.run_dirs:
+        run_id = sync_run_dir(run, args.tracking_uri)
+        print(f"{run}: MLflow run {run_id} is up to date")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from plantlib.experiments.store import runs_table
+
+    table = runs_table(args.tracking_uri, args.experiment, args.backbone)
+    if table.empty:
+        print("no tracked runs yet: train one with plantlib train")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
+        print(table.drop(columns=["run_id"]).round(4).to_string(index=False))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from plantlib.experiments.store import ui_command
+
+    command = ui_command(args.port, args.tracking_uri)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from plantlib.export import export_run
+
+    files = export_run(args.run_dir, args.format, Path(args.out) if args.out else None)
+    for file in files:
+        print(f"wrote {file}")
+    if not args.no_tracking:
+        from plantlib.experiments.store import log_files
+        from plantlib.experiments.tracking import mlflow_available
+
+        if mlflow_available():
+            run_id = log_files(args.run_dir, files, "export", args.tracking_uri)
+            print(f"logged to MLflow run {run_id}")
     return 0
 
 
@@ -203,7 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes on this node: runs torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPUs)",
     )
+    train.add_argument("--register", metavar="NAME", help="register the best checkpoint as a version of model NAME")
     _add_config_options(train)
+    train.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_const",
+        const="off",
+        default=argparse.SUPPRESS,
+        help="do not record this run in MLflow (same as --tracking off)",
+    )
     train.set_defaults(run=_cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
@@ -222,6 +306,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     _add_inference_options(predict)
     predict.set_defaults(run=_cmd_predict)
+
+    tracking_uri = {"help": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else artifacts/mlflow.db)"}
+    runs = commands.add_parser("runs", help="table of tracked runs (MLflow), newest first")
+    runs.add_argument("--experiment", help="only this MLflow experiment")
+    runs.add_argument("--backbone", help="only runs of this backbone")
+    runs.add_argument("--tracking-uri", **tracking_uri)
+    runs.set_defaults(run=_cmd_runs)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the project's tracking store")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    ui.add_argument("--tracking-uri", **tracking_uri)
+    ui.set_defaults(run=_cmd_ui)
+
+    track = commands.add_parser("track", help="upload finished run directories to the tracking store (idempotent)")
+    track.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    track.add_argument("--tracking-uri", **tracking_uri)
+    track.set_defaults(run=_cmd_track)
+
+    register = commands.add_parser("register", help="register a run's best checkpoint in the MLflow model registry")
+    register.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    register.add_argument("--name", required=True, help="registered model name; each call adds a version")
+    register.add_argument("--tracking-uri", **tracking_uri)
+    register.set_defaults(run=_cmd_register)
+
+    export = commands.add_parser("export", help="self-contained ONNX model + model card of a run")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    export.add_argument("--no-tracking", action="store_true", help="do not log the export to the run's MLflow run")
+    export.add_argument("--tracking-uri", **tracking_uri)
+    export.set_defaults(run=_cmd_export)
 
     report = commands.add_parser("report", help="run notebooks 01-04 with papermill and export HTML reports")
     report.add_argument("--fast", action="store_true", help="quick smoke run (each notebook's fast=True)")

@@ -24,6 +24,7 @@ FINETUNE_MODES = ("full", "head", "two_stage")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRACKING_MODES = ("auto", "on", "off")
 ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
 # The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
 DATA_FIELDS = (
@@ -105,6 +106,13 @@ class RunConfig:
         1024.0, "memory for decoded images; beyond it they are kept in a temporary file in artifacts/cache"
     )
     output_dir: str | None = option(None, "where run directories go; None: artifacts/runs")
+    # tracking (plantlib.experiments.tracking)
+    tracking: str = option("auto", "'auto' (MLflow when installed; $PLANTLIB_TRACKING may say on/off), 'on' or 'off'")
+    tracking_uri: str | None = option(
+        None, "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else the project's store artifacts/mlflow.db"
+    )
+    experiment: str = option("plantlib", "MLflow experiment the run is recorded in")
+    tracking_parent: str | None = option(None, "MLflow run id this run is nested under (a comparison, CV, a sweep)")
     fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
     max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes recorded with the run"})
@@ -207,6 +215,8 @@ def _check_values(c: RunConfig) -> None:
     _check_choice("early_stopping_monitor", c.early_stopping_monitor, MONITORS)
     _check_choice("device", c.device.split(":")[0], DEVICES)
     _check_choice("precision", c.precision, PRECISIONS)
+    _check_choice("tracking", c.tracking, TRACKING_MODES)
+    _require(bool(c.experiment.strip()), "experiment", c.experiment, "name an MLflow experiment, e.g. 'plantlib'")
     for name in ("val_fraction", "test_fraction"):
         value = getattr(c, name)
         _require(0.0 < value < 1.0, name, value, "use a fraction between 0 and 1 (exclusive)")

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from plantlib.data.images import ImageDecodeError, load_rgb
-from plantlib.evaluate import check_predictions_frame, class_columns, misclassified
+from plantlib.evaluate import arrays_from_predictions, check_predictions_frame, class_columns, misclassified
 from plantlib.io import atomic_write
 
 _THUMBNAIL_PIXELS = 256  # longest side kept in memory per grid tile: plenty for a 2-inch tile
@@ -468,3 +468,16 @@ def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(f"example predictions: up to {per_group} per group, most confident first")
     return fig
+
+
+def save_run_figures(folder: Path, history: list[dict], metrics: dict, predictions: pd.DataFrame) -> list[Path]:
+    """A finished run's figures as PNG files in `folder`: history, confusion matrices, ROC/PR, reliability."""
+    class_names = list(metrics.get("class_names") or class_columns(predictions))
+    y_true, probs = arrays_from_predictions(predictions, class_names)
+    figures = {
+        "history.png": plot_history(history),
+        "confusion_matrix.png": plot_confusion_matrices(metrics, class_names),
+        "roc_pr.png": plot_roc_pr(y_true, probs, class_names),
+        "reliability.png": plot_reliability(metrics),
+    }
+    return [save_figure(figure, Path(folder) / name) for name, figure in figures.items()]

@@ -141,6 +141,9 @@ class Trainer:
         self.saved_epoch = 0  # the epoch last.pt holds
         self.elapsed_s = 0.0
         self.backbone_trainable = True
+        self.status = "created"
+        self.test_metrics: dict[str, Any] | None = None
+        self.annotations: dict[str, Any] = {}  # facts callbacks add to run.json (e.g. where it is tracked)
 
     @property
     def is_main_process(self) -> bool:
@@ -151,6 +154,11 @@ class Trainer:
         """Print on rank 0 only, so a distributed run logs each line once."""
         if self.dist.is_main:
             print(message, flush=True)
+
+    def annotate(self, **values: Any) -> None:
+        """Add facts to run.json (now, and in every later write): how callbacks record what they did."""
+        self.annotations.update(values)
+        self._write_info(self.status)
 
     def facts(self) -> dict[str, Any]:
         return run_facts(
@@ -175,12 +183,12 @@ class Trainer:
                         f"{self.optimization.early_stopping.bad_epochs} epochs"
                     )
                     break
-            test_metrics = self.test()
+            self.test_metrics = self.test()
         except BaseException as error:
             self._stopped(error)
             raise
-        self._write_info("finished", test_metrics)
-        result = self.result(test_metrics)
+        self._write_info("finished")
+        result = self.result(self.test_metrics)
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
         return result
@@ -360,7 +368,8 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_failed(self, status)
 
-    def _write_info(self, status: str, test_metrics: dict[str, Any] | None = None) -> None:
+    def _write_info(self, status: str) -> None:
+        self.status = status
         if not self.dist.is_main:
             return
         stopping = self.optimization.early_stopping
@@ -372,12 +381,12 @@ class Trainer:
             "best_" + self.config.early_stopping_monitor: stopping.best,
             "train_seconds": round(self.elapsed_s, 2),
             "seconds_per_epoch": round(self.elapsed_s / max(1, len(self.history)), 2),
+            **self.annotations,
         }
-        if test_metrics is not None:
-            info["test"] = {
-                k: test_metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "ece", "n") if k in test_metrics
-            }
-            info["test"]["ci95"] = test_metrics.get("ci95")
+        metrics = self.test_metrics
+        if metrics is not None:
+            info["test"] = {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "ece", "n") if k in metrics}
+            info["test"]["ci95"] = metrics.get("ci95")
         write_run_info(self.run_dir, info)
 
 

@@ -54,6 +54,8 @@ def isolated_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     (root / "data").mkdir()
     monkeypatch.setenv("PLANTLIB_ROOT", str(root))
     monkeypatch.setenv("PLANTLIB_PROGRESS", "off")
+    monkeypatch.setenv("PLANTLIB_TRACKING", "off")  # tests that track turn it on against their own store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
 
 

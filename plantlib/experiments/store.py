@@ -1,0 +1,212 @@
+"""The tracking store outside a training run: the runs table, syncing a run directory, the registry, the UI.
+
+Everything here goes through `plantlib.experiments.tracking`'s client, so one module decides how MLflow is
+reached (embedded SQLite by default, a server when pointed at one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
+from plantlib.config import RunConfig
+from plantlib.errors import PlantlibError
+from plantlib.experiments.tracking import (
+    RUN_FILES,
+    TRACKING_FILE,
+    TrackingError,
+    check_reachable,
+    client_for,
+    embedded_store,
+    epoch_metrics,
+    experiment_id,
+    flatten_config,
+    read_tracking_file,
+    resolve_tracking_uri,
+    run_summary_metrics,
+    run_tags,
+    test_metrics,
+)
+from plantlib.io import write_json
+from plantlib.runs import read_run_info, write_run_info
+
+TABLE_PARAMS = ("learning_rate", "batch_size", "image_size", "frozen_blocks", "epochs")
+_FINAL_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}
+
+
+def _run_dir_of(path: Path) -> Path:
+    path = Path(path)
+    run_dir = path.parent if path.is_file() else path
+    if not (run_dir / "config.json").is_file():
+        raise PlantlibError(f"{path} is not a run directory (no config.json); pass artifacts/runs/<run>")
+    return run_dir
+
+
+def _existing_run(client: Any, run_id: str | None) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).info.run_id
+    except MlflowException:
+        return None
+
+
+def sync_run_dir(run_dir: Path, tracking_uri: str | None = None) -> str:
+    """Bring the store up to date with a run directory; its MLflow run id. Safe to repeat: logs what is missing.
+
+    Uses the run's MLflow run when the store has it (a run tracked until its server went away), else makes one.
+    """
+    run_dir = _run_dir_of(run_dir)
+    config = RunConfig.from_json(run_dir / "config.json")
+    info = read_run_info(run_dir)
+    if not info:
+        raise PlantlibError(f"{run_dir} has no run.json: the run never started; train or resume it first")
+    uri = resolve_tracking_uri(tracking_uri or config.tracking_uri)
+    check_reachable(uri)
+    client = client_for(uri)
+    tracked = read_tracking_file(run_dir)
+    run_id = _existing_run(client, tracked.get("run_id") if tracked.get("uri") == uri else None)
+    if run_id is None:
+        run = client.create_run(
+            experiment_id(client, uri, config.experiment),
+            run_name=run_dir.name,
+            tags=run_tags(info, run_dir, config.tracking_parent),
+        )
+        run_id = run.info.run_id
+        write_json(run_dir / TRACKING_FILE, {"uri": uri, "run_id": run_id})
+    _log_missing(client, run_id, run_dir, config, info)
+    client.set_terminated(run_id, _FINAL_STATUS.get(str(info.get("status")), "FAILED"))
+    write_run_info(run_dir, {**info, "tracking": {"uri": uri, "run_id": run_id, "status": "tracked"}})
+    return run_id
+
+
+def _log_missing(client: Any, run_id: str, run_dir: Path, config: RunConfig, info: dict[str, Any]) -> None:
+    from mlflow.entities import Metric, Param
+
+    data = client.get_run(run_id).data
+    params = [Param(k, v) for k, v in flatten_config(config.to_dict()).items() if k not in data.params]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100], synchronous=True)
+    history_file, metrics_file = run_dir / "history.json", run_dir / "metrics.json"
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+    wanted: list[tuple[str, float, int]] = [
+        (key, value, int(row["epoch"])) for row in history for key, value in epoch_metrics(row).items()
+    ]
+    if metrics_file.is_file():
+        final = test_metrics(json.loads(metrics_file.read_text(encoding="utf-8")))
+        final.update(run_summary_metrics(info))
+        wanted += [(key, value, 0) for key, value in final.items()]
+    logged = {(key, m.step) for key in {k for k, _, _ in wanted} for m in client.get_metric_history(run_id, key)}
+    stamp = int(1000 * (run_dir / "config.json").stat().st_mtime)
+    missing = [Metric(key, value, stamp + step, step) for key, value, step in wanted if (key, step) not in logged]
+    for start in range(0, len(missing), 500):
+        client.log_batch(run_id, metrics=missing[start : start + 500], synchronous=True)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            client.log_artifact(run_id, str(run_dir / name))
+    for figure in sorted((run_dir / "figures").glob("*.png")):
+        client.log_artifact(run_id, str(figure), "figures")
+    if (run_dir / BEST_CHECKPOINT).is_file():
+        client.log_artifact(run_id, str(run_dir / BEST_CHECKPOINT), "checkpoint")
+
+
+def tracked_run_id(run_dir: Path, tracking_uri: str | None = None) -> tuple[Any, str]:
+    """(client, MLflow run id) of a run directory, uploading it first when the store does not have it yet."""
+    run_dir = _run_dir_of(run_dir)
+    config = RunConfig.from_json(run_dir / "config.json")
+    uri = resolve_tracking_uri(tracking_uri or config.tracking_uri)
+    client = client_for(uri)
+    tracked = read_tracking_file(run_dir)
+    run_id = _existing_run(client, tracked.get("run_id") if tracked.get("uri") == uri else None)
+    return client, run_id or sync_run_dir(run_dir, uri)
+
+
+def log_files(run_dir: Path, files: list[Path], folder: str, tracking_uri: str | None = None) -> str:
+    """Attach files (an export, a model card) to a run directory's MLflow run; the run id."""
+    client, run_id = tracked_run_id(run_dir, tracking_uri)
+    for file in files:
+        client.log_artifact(run_id, str(file), folder)
+    return run_id
+
+
+def register_run(run: Path, name: str, tracking_uri: str | None = None) -> int:
+    """Register a run's best checkpoint as a new version of registered model `name`; the version number."""
+    from mlflow.exceptions import MlflowException
+
+    run_dir = _run_dir_of(run)
+    find_checkpoint(run_dir / BEST_CHECKPOINT)  # a clear error when the run has no best checkpoint
+    client, run_id = tracked_run_id(run_dir, tracking_uri)
+    if not name.strip():
+        raise PlantlibError("--name must name the registered model, e.g. --name dandelion-grass")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
+            raise TrackingError(f"cannot create registered model {name!r}: {error}") from error
+    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint/{BEST_CHECKPOINT}"
+    version = client.create_model_version(name, source, run_id=run_id, description=f"plantlib run {run_dir.name}")
+    return int(version.version)
+
+
+def runs_table(
+    tracking_uri: str | None = None, experiment: str | None = None, backbone: str | None = None
+) -> pd.DataFrame:
+    """Tracked runs, newest first: name, backbone, key config, epochs, test accuracy with its 95% CI, time."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    client = client_for(uri)
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        experiments = [found] if found is not None else []
+    else:
+        experiments = client.search_experiments()
+    names = {e.experiment_id: e.name for e in experiments}
+    if not names:
+        return pd.DataFrame(columns=["run", "experiment", "backbone", "status"])
+    query = f"tags.backbone = '{backbone}'" if backbone else ""
+    runs = client.search_runs(list(names), query, order_by=["attributes.start_time DESC"], max_results=5000)
+    rows = []
+    for run in runs:
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        low, high = metrics.get("test_accuracy_ci_low"), metrics.get("test_accuracy_ci_high")
+        accuracy = metrics.get("test_accuracy")
+        rows.append(
+            {
+                "run": run.info.run_name,
+                "experiment": names.get(run.info.experiment_id),
+                "backbone": tags.get("backbone"),
+                **{name: params.get(name) for name in TABLE_PARAMS},
+                "epochs_done": _int_or_none(metrics.get("epochs_done")),
+                "test_accuracy": accuracy,
+                "ci95": f"{low:.3f}–{high:.3f}" if low is not None and high is not None else "",
+                "n": _int_or_none(metrics.get("test_n")),
+                "train_seconds": metrics.get("train_seconds"),
+                "status": run.info.status,
+                "run_id": run.info.run_id,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def ui_command(port: int, tracking_uri: str | None = None) -> list[str]:
+    """`mlflow server` on 127.0.0.1 over the project's store (or the given SQLite/file store)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise PlantlibError(f"the tracking store is the server {uri}: open it in a browser instead of plantlib ui")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    if uri == embedded_store()[0]:
+        embedded_store()[1].mkdir(parents=True, exist_ok=True)
+        command += ["--default-artifact-root", embedded_store()[1].as_uri()]
+    return command

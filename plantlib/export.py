@@ -1,0 +1,182 @@
+"""Hand a trained model to someone else: a self-contained ONNX file and a model card (Markdown and HTML).
+
+The ONNX graph takes what any image library gives, uint8 RGB crops (N x 3 x H x W, 0-255), and returns class
+probabilities: scaling, the backbone's normalisation and the softmax are inside it, and the class names, input
+size and preprocessing are in its metadata. The card says what the model was trained on, how well it does
+(with confidence intervals and calibration), where it fails, and what it is for.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
+from plantlib.data.dataset import Normalization, resize_side
+from plantlib.errors import PlantlibError
+from plantlib.evaluate import misclassified
+from plantlib.inference import LoadedModel, load_model
+from plantlib.io import atomic_path, write_text
+from plantlib.runs import read_run_info
+
+EXPORT_FORMATS = ("onnx",)
+ONNX_OPSET = 17
+
+
+class ProbabilitiesFromUint8(torch.nn.Module):
+    """The classifier with its input handling inside: uint8 crops in, softmax probabilities out."""
+
+    def __init__(self, model: torch.nn.Module, normalization: Normalization) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", 255.0 * torch.tensor(normalization.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", 255.0 * torch.tensor(normalization.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model((images.float() - self.mean) / self.std), dim=1)
+
+
+def export_onnx(loaded: LoadedModel, path: Path) -> Path:
+    """Write `loaded` as one ONNX file with preprocessing, softmax and class names inside."""
+    import onnx
+
+    wrapper = ProbabilitiesFromUint8(loaded.model.cpu().eval(), loaded.normalization).eval()
+    example = torch.zeros(1, 3, loaded.image_size, loaded.image_size, dtype=torch.uint8)
+    with atomic_path(Path(path)) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on the export path, not the user's concern
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["probabilities"],
+                dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        graph = onnx.load(str(tmp))
+        metadata = {
+            "class_names": json.dumps(loaded.class_names),
+            "image_size": str(loaded.image_size),
+            "resize_side": str(resize_side(loaded.image_size)),
+            "input": "uint8 RGB, N x 3 x H x W: shorter side resized to resize_side (bilinear), centre crop image_size",
+            "output": "class probabilities (softmax), in class_names order",
+            "backbone": loaded.config.backbone,
+        }
+        for key, value in metadata.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(tmp))
+    return Path(path)
+
+
+def _with_ci(metrics: dict[str, Any], key: str, ci_key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "n/a"
+    bounds = (metrics.get("ci95") or {}).get(ci_key)
+    return f"{value:.3f} (95% CI {bounds[0]:.3f}–{bounds[1]:.3f})" if bounds else f"{value:.3f}"
+
+
+def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
+    """The model card in Markdown, from the run's files (run.json, metrics.json, predictions.csv)."""
+    info = read_run_info(run_dir)
+    metrics_file, predictions_file = run_dir / "metrics.json", run_dir / "predictions.csv"
+    if not metrics_file.is_file():
+        raise PlantlibError(f"{run_dir} has no metrics.json: finish (or resume) the run before exporting it")
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    config = loaded.config
+    sizes = info.get("sizes", {})
+    lines = [
+        f"# Model card: {run_dir.name}",
+        "",
+        "## Model",
+        f"- Backbone `{config.backbone}` ({info.get('weights', 'weights unknown')}), head `{config.head}`; "
+        f"{info.get('parameters', {}).get('total', 0) / 1e6:.2f} M parameters.",
+        f"- Classes: {', '.join(loaded.class_names)}.",
+        f"- Input: RGB images, shorter side resized to {resize_side(loaded.image_size)} px, centre crop "
+        f"{loaded.image_size} px, uint8 N x 3 x H x W; output: class probabilities.",
+        "",
+        "## Data and split",
+        f"- Data: `{info.get('data_dir', config.data_dir)}`; split file `{info.get('split_file', '')}` "
+        f"(seed {config.seed}): {sizes.get('train', '?')} train / {sizes.get('val', '?')} validation / "
+        f"{sizes.get('test', '?')} test images; near-duplicates kept within one split.",
+        "",
+        "## Training recipe",
+        f"- {info.get('epochs_done', '?')} epochs (best: {info.get('best_epoch', '?')}), optimiser {config.optimizer}, "
+        f"learning rate {config.learning_rate:g} (backbone × {config.backbone_lr_factor:g}), schedule "
+        f"{config.scheduler}, batch {config.batch_size}, fine-tuning `{config.finetune}` with "
+        f"{info.get('frozen_blocks', '?')} leading blocks frozen; {info.get('train_seconds', '?')} s on "
+        f"{info.get('device', '?')}. Full config: config.json.",
+        "",
+        f"## Test metrics (n = {metrics.get('n')})",
+        f"- Accuracy {_with_ci(metrics, 'accuracy', 'accuracy')}",
+        f"- Macro F1 {_with_ci(metrics, 'f1', 'f1_macro')}",
+        f"- ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "- ROC AUC n/a",
+        f"- Calibration: ECE {metrics.get('ece', float('nan')):.3f}, "
+        f"log loss {metrics.get('log_loss', float('nan')):.3f}",
+        "",
+        "The test split is small: intervals this wide mean differences of a few images are noise.",
+        "",
+        "## Known failure cases (most confidently wrong test images)",
+    ]
+    wrong = misclassified(pd.read_csv(predictions_file)) if predictions_file.is_file() else pd.DataFrame()
+    if wrong.empty:
+        lines.append("- none on the test split")
+    for row in wrong.head(failures).itertuples():
+        lines.append(f"- `{row.path}`: labelled {row.true}, predicted {row.predicted} (p={row.confidence:.2f})")
+    lines += [
+        "",
+        "## Intended use",
+        f"- Sorting photos into {', '.join(loaded.class_names)} like those in the training data, as a research "
+        "baseline. Not validated on other cameras, places or seasons: evaluate on your own labelled images "
+        "first (`plantlib evaluate RUN --data-dir FOLDER`). Images of anything else still get one of these classes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def card_html(markdown_text: str, title: str) -> str:
+    """A plain, dependency-free HTML rendering of the card (headings, bullets, code spans)."""
+    body = []
+    for line in markdown_text.splitlines():
+        escaped = html.escape(line)
+        parts = escaped.split("`")
+        escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+        if line.startswith("# "):
+            body.append(f"<h1>{escaped[2:]}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{escaped[3:]}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<li>{escaped[2:]}</li>")
+        elif line.strip():
+            body.append(f"<p>{escaped}</p>")
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.4}"
+        "code{background:#f3f3f3}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
+
+
+def export_run(run: Path, export_format: str = "onnx", out_dir: Path | None = None) -> list[Path]:
+    """Export a run's best checkpoint and write its model card; the files written."""
+    if export_format not in EXPORT_FORMATS:
+        raise PlantlibError(f"format {export_format!r} is not supported; choose one of: {', '.join(EXPORT_FORMATS)}")
+    checkpoint = find_checkpoint(Path(run), (BEST_CHECKPOINT,))
+    run_dir = checkpoint.parent
+    loaded = load_model(checkpoint, device="cpu", engine="torch")
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = export_onnx(loaded, out / f"{run_dir.name}.onnx")
+    card = model_card(run_dir, loaded)
+    card_md, card_page = out / "MODEL_CARD.md", out / "MODEL_CARD.html"
+    write_text(card_md, card)
+    write_text(card_page, card_html(card, f"Model card: {run_dir.name}"))
+    return [model_file, card_md, card_page]
