@@ -32,6 +32,9 @@ report: data ## run every notebook headlessly and write HTML reports to artifact
 browser: ## install Debian's chromium for the report rendering tests, when missing
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  elif [ "$${PLANTLIB_REQUIRE_ALL:-}" = 1 ]; then \
+	    echo "chromium is missing and PLANTLIB_REQUIRE_ALL=1 runs the browser tests: sudo apt-get install chromium" >&2; \
+	    exit 1; \
 	  else echo "chromium is missing: browser checks will be skipped (sudo apt-get install chromium)"; fi; }
 
 test: setup browser ## run the test suite

@@ -1,7 +1,9 @@
 """The benchmark's parts run on tiny data, so `make bench` cannot rot unnoticed."""
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -37,12 +39,30 @@ def test_replication_adds_distinct_augmented_training_copies(tiny_dataset: Path,
     copies = sorted((tmp_path / "copies").rglob("*.jpg"))
     assert len(copies) == 2 * len(train)
     assert all(bigger.frame("train")["file"].map(Path.is_file))
-    original = Image.open(train["file"][0]).convert("RGB")
-    copy = Image.open(tmp_path / "copies" / train["label"][0] / f"{Path(train['path'][0]).stem}-copy01.jpg")
-    assert copy.size != original.size or list(copy.getdata()) != list(original.getdata())
+    noise, differences = [], []
+    for file, label, path in zip(train["file"], train["label"], train["path"], strict=True):
+        original = Image.open(file).convert("RGB")
+        noise.append(_mean_difference(original, _jpeg_resave(original)))  # what re-encoding alone changes
+        pair = [Image.open(tmp_path / "copies" / label / f"{Path(path).stem}-copy{k:02d}.jpg") for k in (1, 2)]
+        differences += [_mean_difference(original, pair[0]), _mean_difference(original, pair[1])]
+        differences.append(_mean_difference(pair[0], pair[1]))
+    # Measured: re-saving changes pixels by about 1 level; the copies differ by 7 to 75 levels, median 60.
+    assert min(differences) > 4 * max(noise) and np.median(differences) > 20 * max(noise)
     mtimes = [p.stat().st_mtime_ns for p in copies]
     replicate_training_split(data, 3, tmp_path / "copies")  # reused, not rewritten
     assert [p.stat().st_mtime_ns for p in copies] == mtimes
+
+
+def _jpeg_resave(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return Image.open(buffer).convert("RGB")
+
+
+def _mean_difference(image: Image.Image, other: Image.Image) -> float:
+    """Mean absolute difference in 8-bit levels, `other` scaled to `image`'s size first."""
+    other = other.convert("RGB").resize(image.size, Image.Resampling.BILINEAR)
+    return float(np.abs(np.asarray(image, dtype=float) - np.asarray(other, dtype=float)).mean())
 
 
 def _row(epoch_s: float, rss: float) -> dict:

@@ -1,5 +1,6 @@
 """The command line, end to end through subprocesses, as a user runs it."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +46,19 @@ def test_evaluate_on_an_external_folder_prints_and_saves_metrics(trained_run: Pa
 def test_evaluate_a_split_of_the_run(trained_run: Path) -> None:
     result = run_cli("evaluate", str(trained_run), "--split", "val")
     assert result.returncode == 0, result.stderr
-    assert (trained_run / "val_metrics.json").is_file()
+    split = pd.read_csv(json.loads((trained_run / "run.json").read_text())["split_file"])
+    val = split[split["split"] == "val"]
+    saved = json.loads((trained_run / "val_metrics.json").read_text())
+    assert saved["n"] == len(val) == 4  # 15% of 12 images per class, rounded: 2 per class
+    predictions = pd.read_csv(trained_run / "val_predictions.csv")
+    assert sorted(predictions["path"]) == sorted(val["path"])  # the val images, each once
+    correct = (predictions["predicted"] == predictions["path"].str.split("/").str[0]).mean()
+    assert saved["accuracy"] == pytest.approx(correct)
+    headline = result.stdout.splitlines()[1]
+    assert result.stdout.startswith(f"{trained_run / 'best.pt'} on val split:")
+    assert headline.startswith(f"accuracy {saved['accuracy']:.3f} (95% CI ") and headline.endswith(f"n={len(val)}")
+    assert f"log loss {saved['log_loss']:.3f}" in headline
+    assert f"metrics: {trained_run / 'val_metrics.json'}" in result.stdout
 
 
 def test_predict_writes_one_row_per_readable_image(trained_run: Path, tmp_path: Path) -> None:

@@ -4,8 +4,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from plantlib.data import DataWarning, DecodedImageCache, ImageDataset, eval_transform, make_loader, train_transform
+from plantlib.data import (
+    DataWarning,
+    DecodedImageCache,
+    ImageDataset,
+    Normalization,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
 from plantlib.data import cache as cache_module
 
 
@@ -15,13 +24,44 @@ def _dataset(root: Path, transform, cache=None) -> ImageDataset:
     return ImageDataset(files, labels, transform, cache or DecodedImageCache(max_side=64))
 
 
+# Written out, not imported: the test must not share a typo with the code.
+IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+LITE = Normalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+def _plain(root: Path, colour: tuple[int, int, int]) -> ImageDataset:
+    """A one-image dataset of a lossless single-colour picture."""
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (96, 72), colour).save(root / "cat" / "plain.png")
+    return ImageDataset([root / "cat" / "plain.png"], [0], eval_transform(32), DecodedImageCache(max_side=64))
+
+
 @pytest.mark.parametrize("size", [32, 48])
-def test_transforms_give_normalised_float_tensors_of_the_asked_size(tiny_dataset: Path, size: int) -> None:
-    for transform in (train_transform(size), eval_transform(size)):
-        image, label = _dataset(tiny_dataset, transform)[0]
+def test_transforms_give_normalised_float_tensors_of_the_asked_size(tmp_path: Path, size: int) -> None:
+    colour = (200, 120, 40)
+    data = _plain(tmp_path, colour)
+    for norm, transform in ((IMAGENET, eval_transform(size)), (LITE, eval_transform(size, LITE))):
+        data.transform = transform
+        image, label = data[0]
+        assert image.shape == (3, size, size) and image.dtype == torch.float32 and label == 0
+        by_hand = [(c / 255 - m) / s for c, m, s in zip(colour, norm.mean, norm.std, strict=True)]
+        assert torch.allclose(image, torch.tensor(by_hand).view(3, 1, 1).expand(3, size, size), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_augmented_tensors_are_normalised_too(tmp_path: Path, size: int) -> None:
+    """Every training augmentation keeps a grey picture grey (the affine fill is black), so undoing the
+    normalisation by hand must give equal channels holding 8-bit levels in [0, 1]."""
+    data = _plain(tmp_path, (128, 128, 128))
+    data.transform = train_transform(size)
+    mean, std = torch.tensor(IMAGENET.mean).view(3, 1, 1), torch.tensor(IMAGENET.std).view(3, 1, 1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        image, _ = data[0]
         assert image.shape == (3, size, size) and image.dtype == torch.float32
-        assert label == 0
-        assert -3 < image.mean().item() < 3 and image.std().item() > 0.05
+        levels = (image * std + mean) * 255
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.min() > -1e-3 and levels.max() < 255.001
+        assert torch.allclose(levels[0], levels[1], atol=1e-3) and torch.allclose(levels[1], levels[2], atol=1e-3)
 
 
 def test_eval_is_deterministic_and_train_augmentation_follows_the_seed(tiny_dataset: Path) -> None:

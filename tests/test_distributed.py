@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from plantlib.checkpoint import load_checkpoint
 from plantlib.distributed import (
@@ -99,6 +101,53 @@ def test_two_process_run_writes_one_run_dir_whose_checkpoint_matches_single_proc
     probs = pd.read_csv(run / "predictions.csv")[["p_ant", "p_bee"]].to_numpy()
     assert frame[["p_ant", "p_bee"]].to_numpy() == pytest.approx(probs, abs=1e-4)
 
+    # And against an evaluation that shares none of plantlib's loading, preprocessing, inference or metric code.
+    independent = _plain_torch_test_predictions(run)
+    assert recorded["n"] == len(independent)
+    recorded_probs = pd.read_csv(run / "predictions.csv").set_index("path").loc[independent.index]
+    assert recorded_probs[["p_ant", "p_bee"]].to_numpy() == pytest.approx(independent.to_numpy(), abs=1e-4)
+    targets = np.array([["ant", "bee"].index(path.split("/")[0]) for path in independent.index])
+    chosen = independent.to_numpy()[np.arange(len(targets)), targets]
+    assert recorded["accuracy"] == pytest.approx((independent.to_numpy().argmax(1) == targets).mean())
+    assert recorded["log_loss"] == pytest.approx(-np.log(chosen).mean(), abs=1e-4)
+
+
+def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
+    """Class probabilities of the run's test images, computed by hand: the checkpoint's weights in a freshly built
+    network, each image decoded by Pillow, its shorter side resized (bicubic) to image_size * 256 / 224, centre
+    cropped and normalised with the recorded mean and std."""
+    from plantlib.models import build_model
+
+    payload = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    info = read_run_info(run)
+    saved = payload["config"]  # the model's shape is recorded in its config alone
+    model = build_model(
+        saved["backbone"],
+        len(payload["class_names"]),
+        pretrained=False,
+        head=saved["head"],
+        fold_bn=saved["freeze_bn"] or saved["finetune"] == "head",  # fixed BatchNorm is saved folded
+    )
+    model.load_state_dict(payload["model"])
+    model.eval()
+    size = saved["image_size"]
+    mean = torch.tensor(payload["normalization"]["mean"]).view(3, 1, 1)
+    std = torch.tensor(payload["normalization"]["std"]).view(3, 1, 1)
+    split = pd.read_csv(info["split_file"])
+    paths = sorted(split.loc[split["split"] == "test", "path"])
+    crops = []
+    for path in paths:
+        with Image.open(Path(info["data_dir"]) / path) as image:
+            image = image.convert("RGB")
+        scale = round(size * 256 / 224) / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        left, top = round((image.width - size) / 2), round((image.height - size) / 2)
+        pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255
+        crops.append((torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.stack(crops)), dim=1).numpy()
+    return pd.DataFrame(probs, index=paths, columns=payload["class_names"])
+
 
 def test_a_dying_rank_stops_the_job_and_the_run_resumes_under_ddp(data_dir: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
@@ -127,7 +176,10 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes_under_ddp(data_dir: Path
     started = time.monotonic()
     crashed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert crashed.returncode != 0 and time.monotonic() - started < 240  # stopped, did not hang
-    assert "exitcode" in crashed.stderr and "3" in crashed.stderr  # torchrun names the failed rank's exit code
+    # torchrun's failure report names the dead rank and its exit code: "rank      : 1 (local_rank: 1)" followed by
+    # "exitcode  : 3 (pid: 1234)".
+    failed_rank = re.search(r"^\s*rank\s*: 1 \(local_rank: 1\)\n\s*exitcode\s*: (-?\d+) ", crashed.stderr, re.M)
+    assert failed_rank is not None and failed_rank.group(1) == "3", crashed.stderr[-3000:]
     [run] = list_runs(runs)
     last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 2

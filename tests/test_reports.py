@@ -1,16 +1,13 @@
 """`plantlib report` end to end on small synthetic data, checked as a reader would: in a real browser."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from plantlib.errors import ConfigError
 from plantlib.reports import NOTEBOOKS, plan_parameters
-from tests.conftest import run_cli, write_dataset
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.conftest import CHROMIUM, requires_chromium, run_cli, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +70,7 @@ def render(page: Path) -> dict:
     return {"problems": problems, "images": images}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test / .ci/run install it)")
+@requires_chromium
 @pytest.mark.parametrize("name", ["index", "03_evaluate"])
 def test_reports_render_in_a_browser(fast_report: Path, name: str) -> None:
     result = render(fast_report / f"{name}.html")

@@ -34,8 +34,17 @@ def test_exact_and_near_duplicates_are_grouped(dataset_with_copies: Path) -> Non
 def test_near_duplicate_groups_never_cross_splits(dataset_with_copies: Path) -> None:
     images = scan_dataset(dataset_with_copies, show_progress=False).images
     report = find_duplicates(images)
+    # The fixture's copies, named independently of the grouping code: each set must land in one split.
+    copies = [{"a/0000.jpg", "a/exact-copy.jpg"}, {"a/smaller-copy.jpg", "b/0000.jpg", "b/larger-copy.png"}]
+    for together in copies:
+        assert len({report.group_of[path] for path in together}) == 1
     for seed in range(10):
         split = make_split(images, report.group_of, 0.2, 0.2, seed)
+        where = dict(zip(split["path"], split["split"], strict=True))
+        for together in copies:
+            assert len({where[path] for path in together}) == 1, (seed, {path: where[path] for path in together})
+        sizes = split.groupby("group").size()
+        assert sorted(sizes[sizes > 1]) == [2, 3]  # the two groups of copies, kept whole
         assert split.groupby("group")["split"].nunique().max() == 1
         assert set(split["split"]) == {"train", "val", "test"}
 

@@ -44,7 +44,9 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     assert set(result.history[0]) >= {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"}
     checkpoint = load_checkpoint(result.run_dir / "best.pt")
     assert checkpoint["class_names"] == ["ant", "bee"] and checkpoint["config"]["image_size"] == 64
-    assert checkpoint["normalization"]["mean"] == [127 / 255] * 3 or len(checkpoint["normalization"]["mean"]) == 3
+    # The default backbone, EfficientNet-Lite0, was trained on (pixel - 127) / 128 in 0..255 units.
+    assert config.backbone == "efficientnet_lite0"
+    assert checkpoint["normalization"] == {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and result.test_metrics["n"] == 8
 
 
@@ -108,6 +110,9 @@ def test_early_stopping_stops_after_patience(data_dir: Path, tmp_path: Path) -> 
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "plateau", "onecycle", "none"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_every_optimizer_and_schedule_builds_and_steps(scheduler: str, optimizer: str) -> None:
@@ -116,20 +121,40 @@ def test_every_optimizer_and_schedule_builds_and_steps(scheduler: str, optimizer
     model = build_model("resnet18", 2, pretrained=False)
     config = RunConfig(optimizer=optimizer, scheduler=scheduler, warmup_epochs=1, step_size=1, epochs=3)
     opt = build_optimizer(model, config)
-    assert opt.param_groups[0]["lr"] == pytest.approx(config.learning_rate * config.backbone_lr_factor)
+    assert type(opt) is OPTIMIZERS[optimizer]
+    base, gamma = config.learning_rate, config.gamma
+    assert opt.param_groups[1]["lr"] == base
+    assert opt.param_groups[0]["lr"] == pytest.approx(base * config.backbone_lr_factor)
+    if optimizer == "sgd":
+        assert opt.defaults["momentum"] == config.momentum
     sched = build_scheduler(opt, config, steps_per_epoch=4, epochs=3)
-    lrs = []
+    lrs = [opt.param_groups[1]["lr"]]  # the head's rate: before any step, then after each of 12 batches
     for _ in range(12):
         opt.step()
         if scheduler == "plateau":
-            sched.step(1.0)
+            sched.step(1.0)  # a validation loss that never improves
         else:
             sched.step()
         lrs.append(opt.param_groups[1]["lr"])
-    if scheduler in ("cosine", "step", "onecycle"):
-        assert lrs[-1] < max(lrs)
+    # Warm-up (1 epoch = 4 batches) ramps linearly: 1/4, 2/4, 3/4 of the rate, then the full rate.
+    warm_up = [base / 4, base / 2, 3 * base / 4, base]
     if scheduler == "none":
-        assert lrs[3:] == [config.learning_rate] * 9
+        assert lrs == pytest.approx(warm_up + [base] * 9)
+    elif scheduler == "step":  # times gamma after every epoch (step_size=1)
+        assert lrs == pytest.approx(warm_up + [base * gamma] * 4 + [base * gamma**2] * 4 + [base * gamma**3])
+    elif scheduler == "cosine":  # after the warm-up, half a cosine from the full rate down to 1% of it
+        assert lrs[:4] == pytest.approx(warm_up)
+        assert lrs[3:] == sorted(lrs[3:], reverse=True)
+        assert lrs[8] == pytest.approx(base * (0.01 + 0.99 / 2)) and lrs[-1] == pytest.approx(base / 100)
+    elif scheduler == "plateau":  # patience 1: the first bad epoch is forgiven, the second cuts the rate by gamma
+        assert lrs[:5] == pytest.approx([base, base, base, base * gamma, base * gamma])
+        assert lrs[5] == pytest.approx(base * gamma**2)
+    else:  # onecycle brings its own warm-up: from max/25 up to the rate, then down far below the start
+        used = lrs[:12]  # the rates the 12 batches ran with (a 13th step is past the cycle's end)
+        peak = used.index(max(used))
+        assert used[0] == pytest.approx(base / 25) and max(used) == pytest.approx(base, rel=0.01)
+        assert 0 < peak < 11 and used[: peak + 1] == sorted(used[: peak + 1])
+        assert used[peak:] == sorted(used[peak:], reverse=True) and used[-1] < used[0] / 100
 
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
