@@ -61,7 +61,7 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        graph = onnx.load(str(tmp))
+        graph = onnx.load(tmp)
         metadata = {
             "class_names": json.dumps(loaded.class_names),
             "image_size": str(loaded.image_size),
@@ -73,7 +73,7 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
         for key, value in metadata.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(graph, str(tmp))
+        onnx.save(graph, tmp)
     return Path(path)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 FUNCTION_SINKS: dict[str, tuple[int, str]] = {
     "torch.save": (1, "f"),
     "torch.onnx.export": (2, "f"),
+    "onnx.save": (1, "f"),
+    "onnx.save_model": (1, "f"),
     "np.save": (0, "file"),
     "np.savez": (0, "file"),
     "np.savez_compressed": (0, "file"),
