@@ -85,9 +85,9 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny", {"cat": 12, "dog": 12})
 
 
-def run_cli(*args: str, root: Path | None = None) -> subprocess.CompletedProcess:
-    """`python -m plantlib ARGS` as a user runs it (optionally with its own project root)."""
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
+def run_cli(*args: str, root: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m plantlib ARGS` as a user runs it (optionally with its own project root and variables)."""
+    env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
     if root is not None:
         env["PLANTLIB_ROOT"] = str(root)
     return subprocess.run(

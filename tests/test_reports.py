@@ -24,6 +24,7 @@ def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-p",
         "backbones=efficientnet_lite0",
         root=root,
+        env={"PLANTLIB_TRACKING": "on"},  # the report's runs go to the project's own MLflow store
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return root / "artifacts" / "reports"
@@ -97,3 +98,20 @@ def test_a_failing_notebook_is_named_with_its_cell_and_still_exported(tmp_path: 
     assert page.is_file() and "does not exist" in page.read_text()
     index = json.loads((tmp_path / "artifacts" / "reports" / "index.json").read_text())
     assert index[0]["status"] == "failed"
+
+
+def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    index = json.loads((fast_report / "index.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{fast_report.parent / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == "plantlib"]
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    trained = Path(index[1]["values"]["run_dir"]).name
+    assert by_name[trained].info.status == "FINISHED"  # 02_train's run
+    [group] = [run for run in runs if run.data.tags.get("kind") == "group"]
+    nested = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == group.info.run_id]
+    assert [run.data.tags["backbone"] for run in nested] == ["efficientnet_lite0"]
+    assert group.data.params["backbones"] == "efficientnet_lite0" and group.info.status == "FINISHED"
+    assert "tracking: MLflow run" in (fast_report / "02_train.html").read_text()

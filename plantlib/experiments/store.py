@@ -156,7 +156,10 @@ def register_run(run: Path, name: str, tracking_uri: str | None = None) -> int:
 
 
 def runs_table(
-    tracking_uri: str | None = None, experiment: str | None = None, backbone: str | None = None
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    backbone: str | None = None,
+    parent_run_id: str | None = None,
 ) -> pd.DataFrame:
     """Tracked runs, newest first: name, backbone, key config, epochs, test accuracy with its 95% CI, time."""
     uri = resolve_tracking_uri(tracking_uri)
@@ -170,11 +173,15 @@ def runs_table(
     names = {e.experiment_id: e.name for e in experiments}
     if not names:
         return pd.DataFrame(columns=["run", "experiment", "backbone", "status"])
-    query = f"tags.backbone = '{backbone}'" if backbone else ""
+    conditions = [f"tags.backbone = '{backbone}'"] if backbone else []
+    conditions += [f"tags.mlflow.parentRunId = '{parent_run_id}'"] if parent_run_id else []
+    query = " and ".join(conditions)
     runs = client.search_runs(list(names), query, order_by=["attributes.start_time DESC"], max_results=5000)
     rows = []
     for run in runs:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        if tags.get("kind") == "group" and not parent_run_id:
+            continue  # groups are listed through their members
         low, high = metrics.get("test_accuracy_ci_low"), metrics.get("test_accuracy_ci_high")
         accuracy = metrics.get("test_accuracy")
         rows.append(

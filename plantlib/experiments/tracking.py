@@ -356,6 +356,63 @@ def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
+def tracking_summary(run_dir: Path) -> str:
+    """One line saying where a run is tracked and how to look at it (read from its run directory)."""
+    from plantlib.runs import read_run_info
+
+    tracking = read_run_info(run_dir).get("tracking")
+    if not tracking:
+        return "not tracked (tracking is off); plantlib track RUN_DIR records it later"
+    where = tracking.get("uri", "")
+    if tracking.get("status") != "tracked":
+        return f"{tracking.get('status')} in {where}: sync it with {tracking.get('how_to_sync')}"
+    ui = "make ui (or plantlib ui), then open http://127.0.0.1:5000" if where.startswith("sqlite") else where
+    return f"MLflow run {tracking.get('run_id')} in {where}; to browse: {ui}"
+
+
+class ParentRun:
+    """An MLflow run that groups others (a comparison, a cross-validation, a sweep): `run_id` nests them.
+
+    Used as a context manager; it ends FINISHED, or FAILED when the block raises. When tracking is off or the
+    store cannot be reached, `run_id` is None and everything else is a no-op (with one warning).
+    """
+
+    def __init__(self, config: RunConfig, name: str, params: Mapping[str, Any] | None = None) -> None:
+        self.run_id: str | None = None
+        self.client: Any = None
+        if not tracking_wanted(config):
+            return
+        uri = resolve_tracking_uri(config.tracking_uri)
+        try:
+            check_reachable(uri)
+            self.client = client_for(uri)
+            run = self.client.create_run(
+                experiment_id(self.client, uri, config.experiment),
+                run_name=name,
+                tags={
+                    "kind": "group",
+                    **({"mlflow.parentRunId": config.tracking_parent} if config.tracking_parent else {}),
+                },
+            )
+            self.run_id = run.info.run_id
+            if params:
+                _log_params(self.client, self.run_id, {k: str(v)[:6000] for k, v in params.items()})
+        except Exception as error:
+            warnings.warn(f"the group run {name!r} is not tracked ({error.__class__.__name__}: {error})", stacklevel=2)
+            self.run_id = None
+
+    def log_file(self, path: Path, folder: str | None = None) -> None:
+        if self.run_id is not None:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def __enter__(self) -> ParentRun:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FINISHED" if kind is None else "FAILED")
+
+
 def tracking_callbacks(config: RunConfig) -> list[Callback]:
     """The callbacks that track runs of `config` (none when tracking is off or MLflow is missing)."""
     if not tracking_wanted(config):
