@@ -9,7 +9,7 @@ KERNEL := plantlib
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser data report test bench lint format lab clean
+.PHONY: help setup browser data report test bench lint format lab ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ format: setup ## apply ruff fixes and formatting
 lab: setup ## start JupyterLab on localhost (no browser) with the plantlib kernel
 	cd notebooks && ../$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 $(ROOT_FLAG)
 
-clean: ## remove generated artifacts and caches (keeps data and .venv)
+ui: setup ## start the MLflow UI on 127.0.0.1:5000 over the project's tracking store (artifacts/mlflow.db)
+	$(BIN)/plantlib ui
+
+clean: ## remove generated artifacts (runs, reports, the tracking store) and caches; keeps data and .venv
 	rm -rf artifacts/* data/.cache .pytest_cache .ruff_cache
 	@touch artifacts/.gitkeep

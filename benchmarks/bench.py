@@ -220,7 +220,30 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {row['processes']} process(es) × {row['threads_per_process']} threads "
                 f"| {row['steady_epoch_s']:.1f} | {row['test_accuracy']:.3f} |"
             )
+    if results.get("tracking"):
+        lines += ["", *tracking_rows(results["tracking"])]
     return "\n".join(lines)
+
+
+def tracking_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Tracking's cost: hook time on the training thread (the direct measure) and whole epochs, off vs on."""
+    off, on = (next(r for r in rows if r["tracked"] is flag) for flag in (False, True))
+    hooks = on["hook_seconds"]
+    per_epoch = max(hooks.get("on_epoch_end", [0.0]))
+    return [
+        "| MLflow tracking, default recipe | untracked | tracked | overhead |",
+        "| --- | --- | --- | --- |",
+        f"| training thread in tracking hooks: start-up | | {hooks['on_fit_start'][0] * 1000:.1f} ms | "
+        f"{hooks['on_fit_start'][0]:.3f} s (target ≤ 1 s) |",
+        f"| training thread in tracking hooks: per epoch (max) | | {per_epoch * 1000:.2f} ms | "
+        f"{100 * per_epoch / on['steady_epoch_s']:.3f} % of an epoch (target ≤ 2 %) |",
+        f"| steady epoch s (one run each; machine noise ±10 %) | {off['steady_epoch_s']:.2f} | "
+        f"{on['steady_epoch_s']:.2f} | {100 * (on['steady_epoch_s'] / off['steady_epoch_s'] - 1):+.1f} % |",
+        f"| first epoch s (tracked: MLflow imported and the store made on a thread meanwhile) | "
+        f"{off['epoch_seconds'][0]:.2f} | {on['epoch_seconds'][0]:.2f} | "
+        f"{100 * (on['epoch_seconds'][0] / off['epoch_seconds'][0] - 1):+.1f} % |",
+        f"| end of run: figures and upload (on_fit_end) | | {hooks['on_fit_end'][0]:.2f} s | |",
+    ]
 
 
 def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -267,7 +290,7 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-SECTIONS = ("epochs", "inference", "reference", "scaling", "ddp")
+SECTIONS = ("epochs", "inference", "reference", "scaling", "ddp", "tracking")
 
 
 def main() -> None:
@@ -316,6 +339,8 @@ def main() -> None:
     write_json(partial, results)
     if "ddp" not in args.skip:
         results["ddp"] = ddp_rows()
+    if "tracking" not in args.skip:
+        results["tracking"] = [run("tracking", tracked=tracked) for tracked in (False, True)]
     results["bench_seconds"] = round(time.perf_counter() - began, 1)
 
     table = tables(results)

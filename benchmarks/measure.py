@@ -204,12 +204,70 @@ def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) 
     }
 
 
+# ------------------------------------------------------------------------------------------------ tracking
+
+
+def tracking(tracked: bool, epochs: int = 3) -> dict[str, Any]:
+    """The default recipe for `epochs` epochs with MLflow tracking on (a fresh store) or off.
+
+    Besides epoch times, the seconds the training thread spends inside the tracking hooks are timed directly:
+    that is the cost tracking adds to the loop, free of the run-to-run noise of comparing two trainings.
+    """
+    from plantlib.experiments import tracking_callbacks
+    from plantlib.train import Callback, Trainer
+
+    store = BENCH_DIR / "tracking" / time.strftime("%Y%m%d-%H%M%S")
+    config = bench_config(
+        epochs=epochs,
+        early_stopping_patience=None,
+        tracking="on" if tracked else "off",
+        tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
+        experiment="bench",
+    )
+    store.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(config, show_progress=False)
+    hook_seconds: dict[str, list[float]] = {}
+
+    class Timed(Callback):
+        """Runs the tracking callbacks and times each hook call on the training thread."""
+
+        def __init__(self, inner: list[Callback]) -> None:
+            self.inner = inner
+
+        def _timed(self, hook: str, *args: Any) -> None:
+            started = time.perf_counter()
+            for callback in self.inner:
+                getattr(callback, hook)(*args)
+            hook_seconds.setdefault(hook, []).append(time.perf_counter() - started)
+
+        def on_fit_start(self, trainer: Trainer) -> None:
+            self._timed("on_fit_start", trainer)
+
+        def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+            self._timed("on_epoch_end", trainer, record)
+
+        def on_fit_end(self, trainer: Trainer, result: Any) -> None:
+            self._timed("on_fit_end", trainer, result)
+
+    started = time.perf_counter()
+    trained = Trainer(config, data=data, show_progress=False, callbacks=[Timed(tracking_callbacks(config))]).fit()
+    return {
+        "tracked": tracked,
+        "epoch_seconds": [row["seconds"] for row in trained.history],
+        "steady_epoch_s": steady([row["seconds"] for row in trained.history]),
+        "hook_seconds": hook_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "test_accuracy": trained.test_metrics["accuracy"],
+    }
+
+
 MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "epochs": epochs,
     "default_run": default_run,
     "inference": inference,
     "reference_full": reference_full,
     "scaling": scaling,
+    "tracking": tracking,
 }
 
 

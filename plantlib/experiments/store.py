@@ -20,9 +20,9 @@ from plantlib.experiments.tracking import (
     RUN_FILES,
     TRACKING_FILE,
     TrackingError,
+    artifact_root_for,
     check_reachable,
     client_for,
-    embedded_store,
     epoch_metrics,
     experiment_id,
     flatten_config,
@@ -213,7 +213,8 @@ def ui_command(port: int, tracking_uri: str | None = None) -> list[str]:
         raise PlantlibError(f"the tracking store is the server {uri}: open it in a browser instead of plantlib ui")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "1"]
-    if uri == embedded_store()[0]:
-        embedded_store()[1].mkdir(parents=True, exist_ok=True)
-        command += ["--default-artifact-root", embedded_store()[1].as_uri()]
+    root = artifact_root_for(uri)
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        command += ["--default-artifact-root", root.as_uri()]
     return command

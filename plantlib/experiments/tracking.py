@@ -77,6 +77,15 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or embedded_store()[0]
 
 
+def artifact_root_for(uri: str) -> Path | None:
+    """Where runs of a SQLite store keep their files: `mlruns/` beside the database (None: the store decides)."""
+    if uri == embedded_store()[0]:
+        return embedded_store()[1]
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
+    return None  # a server or file store has its own artifact location
+
+
 def _quiet_mlflow() -> None:
     """No usage reports and short HTTP retries, unless the user chose otherwise; before MLflow is imported."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -89,8 +98,9 @@ def client_for(uri: str) -> Any:
     _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
-    if uri == embedded_store()[0]:
-        embedded_store()[1].mkdir(parents=True, exist_ok=True)
+    root = artifact_root_for(uri)
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -101,7 +111,8 @@ def experiment_id(client: Any, uri: str, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = embedded_store()[1].as_uri() if uri == embedded_store()[0] else None
+    root = artifact_root_for(uri)
+    location = root.as_uri() if root is not None else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created by another process meanwhile
