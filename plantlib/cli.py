@@ -152,6 +152,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from plantlib.config import RunConfig, field_names
+    from plantlib.evaluate import format_metrics
+    from plantlib.experiments.cv import cross_validate
+
+    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if args.resume:
+        result = cross_validate(RunConfig(), cv_dir=args.resume)
+    else:
+        config = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+        result = cross_validate(config, folds=args.folds, repeats=args.repeats, include_test=args.include_test)
+    folds = result.folds
+    print(f"\ncross-validation: {result.cv_dir}")
+    print("pooled out-of-fold: " + format_metrics(result.metrics).splitlines()[0])
+    print(
+        f"per fold: accuracy {folds['accuracy'].mean():.3f} ± {folds['accuracy'].std(ddof=1):.3f}, "
+        f"F1 {folds['f1'].mean():.3f} ± {folds['f1'].std(ddof=1):.3f} (mean ± sd of {len(folds)} folds)"
+    )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from plantlib.experiments.compare import best_configuration, load_evaluated, pairwise_table, summary_table
+
+    items = [load_evaluated(Path(path)) for path in args.paths]
+    summary, pairs = summary_table(items), pairwise_table(items)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(summary.round(4).to_string(index=False))
+        print()
+        print(pairs.round(4).to_string(index=False))
+    best = best_configuration(summary, pairs)
+    print(f"\nbest: {best}" if best else "\nno configuration is better than all others at 95%")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from plantlib.evaluate import format_metrics
     from plantlib.inference import evaluate_folder, evaluate_split, load_model
@@ -289,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not record this run in MLflow (same as --tracking off)",
     )
     train.set_defaults(run=_cmd_train)
+
+    cv = commands.add_parser("cv", help="K-fold cross-validation of a training config (out-of-fold metrics)")
+    cv.add_argument("--folds", type=int, default=5, help="folds (default: 5)")
+    cv.add_argument("--repeats", type=int, default=1, help="repeats with different folds (default: 1)")
+    cv.add_argument("--include-test", action="store_true", help="draw folds from every image, test split included")
+    cv.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
+    cv.add_argument("--resume", type=Path, metavar="CV_DIR", help="continue an interrupted cross-validation")
+    _add_config_options(cv)
+    cv.set_defaults(run=_cmd_cv)
+
+    compare = commands.add_parser("compare", help="paired comparison of CV directories or runs on the same split")
+    compare.add_argument("paths", nargs="+", metavar="CV_OR_RUN_DIR")
+    compare.set_defaults(run=_cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
     evaluate.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")

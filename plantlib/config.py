@@ -28,6 +28,7 @@ TRACKING_MODES = ("auto", "on", "off")
 ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
 # The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
 DATA_FIELDS = (
+    "split_seed",
     "data_dir",
     "split_file",
     "new_split",
@@ -92,7 +93,8 @@ class RunConfig:
     early_stopping_monitor: str = option("val_loss", "'val_loss' or 'val_accuracy'")
     early_stopping_min_delta: float = option(0.0, "smallest change that counts as an improvement")
     # execution
-    seed: int = option(42, "fixes split, augmentation and initialisation")
+    seed: int = option(42, "fixes initialisation, augmentation and batch order (and the split unless split_seed)")
+    split_seed: int | None = option(None, "fixes the split and cross-validation folds; None: seed")
     device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
     precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
     num_workers: int | None = option(
@@ -144,6 +146,11 @@ class RunConfig:
         except json.JSONDecodeError as error:
             raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
         return cls.from_dict(values)
+
+    @property
+    def effective_split_seed(self) -> int:
+        """The seed of the split and folds: `split_seed`, or `seed` when it is not set."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
@@ -266,3 +273,6 @@ def _check_values(c: RunConfig) -> None:
     _require(c.cache_memory_mb >= 0, "cache_memory_mb", c.cache_memory_mb, "use 0 (all on disk) or more")
     _require(c.max_batches is None or c.max_batches >= 1, "max_batches", c.max_batches, "use 1 or more, or None")
     _require(c.seed >= 0, "seed", c.seed, "use a non-negative integer")
+    _require(
+        c.split_seed is None or c.split_seed >= 0, "split_seed", c.split_seed, "use a non-negative integer or None"
+    )

@@ -314,7 +314,14 @@ class Trainer:
         self.start_epoch = self.saved_epoch + 1
 
     @classmethod
-    def resume(cls, run_dir: Path, callbacks: Sequence[CallbackLike] = (), show_progress: bool = True) -> Trainer:
+    def resume(
+        cls,
+        run_dir: Path,
+        callbacks: Sequence[CallbackLike] = (),
+        show_progress: bool = True,
+        data: PreparedData | None = None,
+        image_cache: DecodedImageCache | None = None,
+    ) -> Trainer:
         """A Trainer that continues `run_dir` from its `last.pt` (from epoch 1 when no epoch was saved yet)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
@@ -322,7 +329,7 @@ class Trainer:
         if read_run_info(run_dir).get("status") == "finished":
             raise PlantlibError(f"run {run_dir} has already finished; start a new run instead of --resume")
         config = RunConfig.from_json(run_dir / "config.json")
-        trainer = cls(config, run_dir=run_dir, callbacks=callbacks, show_progress=show_progress)
+        trainer = cls(config, data, run_dir, callbacks, show_progress, image_cache)
         if not (run_dir / LAST_CHECKPOINT).is_file():
             if read_run_info(run_dir):  # it started before (a run made by the launcher has no run.json yet)
                 trainer.log(f"{run_dir}: no epoch was saved yet; training from epoch 1")

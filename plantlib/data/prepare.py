@@ -56,7 +56,7 @@ def split_file_for(config: RunConfig, data_dir: Path) -> Path:
     """The split file `config` uses for the images in `data_dir`: its own `split_file`, or the default name."""
     if config.split_file:
         return Path(config.split_file)
-    return default_split_file(data_dir, config.seed, config.val_fraction, config.test_fraction)
+    return default_split_file(data_dir, config.effective_split_seed, config.val_fraction, config.test_fraction)
 
 
 def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
@@ -68,7 +68,9 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     split_file = split_file_for(config, data_dir)
     is_new = config.new_split or not split_file.is_file()
     if is_new:
-        split = make_split(images, duplicates.group_of, config.val_fraction, config.test_fraction, config.seed)
+        split = make_split(
+            images, duplicates.group_of, config.val_fraction, config.test_fraction, config.effective_split_seed
+        )
         save_split(split, split_file)
     else:
         split = load_split(split_file)

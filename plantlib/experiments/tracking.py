@@ -412,6 +412,14 @@ class ParentRun:
             warnings.warn(f"the group run {name!r} is not tracked ({error.__class__.__name__}: {error})", stacklevel=2)
             self.run_id = None
 
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        if self.run_id is not None:
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            entries = [Metric(key, float(value), stamp, 0) for key, value in metrics.items()]
+            self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
+
     def log_file(self, path: Path, folder: str | None = None) -> None:
         if self.run_id is not None:
             self.client.log_artifact(self.run_id, str(path), folder)

@@ -1,0 +1,222 @@
+"""Cross-validation: stratified, group-respecting folds over the images outside the test split.
+
+Every pool image is held out exactly once per repeat, by a model that never saw it, and never used for early
+stopping or checkpoint selection (each fold carves its early-stopping set out of its own training part). The
+pooled out-of-fold predictions give metrics over the whole pool (n = pool size) instead of one small test split.
+Folds share one decoded-image cache, so each image is decoded once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from plantlib.build import build_image_cache
+from plantlib.config import RunConfig
+from plantlib.data import PreparedData, prepare_data
+from plantlib.data.split import save_split
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.evaluate import compute_metrics, predictions_frame
+from plantlib.experiments.tracking import ParentRun, tracking_callbacks
+from plantlib.io import atomic_write, write_json
+from plantlib.paths import artifacts_dir
+from plantlib.runs import read_run_info
+from plantlib.train import CallbackLike, Trainer
+
+CV_FILE = "cv.json"
+OOF_FILE = "oof.csv"
+
+
+@dataclass
+class CrossValidation:
+    """The outcome of `cross_validate`: where it is, pooled metrics and per-fold numbers."""
+
+    cv_dir: Path
+    metrics: dict[str, Any]  # pooled out-of-fold metrics (compute_metrics), n = pool size
+    folds: pd.DataFrame  # one row per (repeat, fold): accuracy, f1, n, run_dir
+    oof: pd.DataFrame  # one row per pool image and repeat
+
+
+def assign_folds(pool: pd.DataFrame, folds: int, repeats: int, split_seed: int) -> pd.DataFrame:
+    """`pool` (path, label, group) with one `fold_r<r>` column per repeat: stratified, groups kept whole."""
+    if folds < 2:
+        raise ConfigError(f"folds={folds} is not allowed; use 2 or more")
+    if repeats < 1:
+        raise ConfigError(f"repeats={repeats} is not allowed; use 1 or more")
+    smallest = pool["label"].value_counts().min()
+    if smallest < folds:
+        raise ConfigError(
+            f"the smallest class has {smallest} pool images, fewer than folds={folds}; use at most {smallest} folds"
+        )
+    assigned = pool.reset_index(drop=True).copy()
+    for repeat in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=split_seed + repeat)
+        column = np.full(len(assigned), -1)
+        for fold, (_, held_out) in enumerate(splitter.split(assigned, assigned["label"], assigned["group"])):
+            column[held_out] = fold
+        assigned[f"fold_r{repeat}"] = column
+    return assigned
+
+
+def fold_split(assigned: pd.DataFrame, repeat: int, fold: int, val_fraction: float, split_seed: int) -> pd.DataFrame:
+    """A split frame for one fold: held-out images as "test", the early-stopping "val" carved out of the rest."""
+    column = assigned[f"fold_r{repeat}"]
+    held_out = column == fold
+    rest = assigned[~held_out].reset_index(drop=True)
+    # One part of ~val_fraction becomes the early-stopping set; no more parts than the smallest class has images.
+    parts = max(2, min(round(1 / val_fraction), int(rest["label"].value_counts().min())))
+    splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=split_seed + 1000 * (repeat + 1) + fold)
+    _, val_index = next(splitter.split(rest, rest["label"], rest["group"]))
+    split = np.full(len(rest), "train", dtype=object)
+    split[val_index] = "val"
+    rest = rest.assign(split=split)
+    test = assigned[held_out].assign(split="test")
+    frame = pd.concat([rest, test], ignore_index=True)[["path", "label", "split", "group"]]
+    return frame.sort_values(["split", "label", "path"]).reset_index(drop=True)
+
+
+def cv_pool(data: PreparedData, include_test: bool) -> pd.DataFrame:
+    """The images cross-validation draws folds from: all outside the test split, or every image."""
+    split = data.split
+    pool = split if include_test else split[split["split"] != "test"]
+    return pool[["path", "label", "group"]].reset_index(drop=True)
+
+
+def new_cv_dir(config: RunConfig, folds: int) -> Path:
+    parent = Path(config.output_dir) if config.output_dir else artifacts_dir() / "cv"
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{folds}fold"
+    for attempt in range(1, 10_000):
+        candidate = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise PlantlibError(f"could not create a cross-validation directory under {parent}")
+
+
+def cross_validate(
+    config: RunConfig,
+    folds: int = 5,
+    repeats: int = 1,
+    include_test: bool = False,
+    cv_dir: Path | None = None,
+    callbacks: Sequence[CallbackLike] = (),
+    show_progress: bool = True,
+) -> CrossValidation:
+    """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
+
+    Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds.
+    """
+    if cv_dir is not None and (Path(cv_dir) / CV_FILE).is_file():
+        saved = json.loads((Path(cv_dir) / CV_FILE).read_text(encoding="utf-8"))
+        config = RunConfig.from_dict(saved["config"])
+        folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
+    data = prepare_data(config, show_progress=show_progress)
+    assigned = assign_folds(cv_pool(data, include_test), folds, repeats, config.effective_split_seed)
+    cv_dir = Path(cv_dir) if cv_dir is not None else new_cv_dir(config, folds)
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"folds": folds, "repeats": repeats, "include_test": include_test, "pool_size": len(assigned)}
+    write_json(cv_dir / CV_FILE, {"status": "running", "config": config.to_dict(), **settings})
+    atomic_write(cv_dir / "folds.csv", lambda handle: assigned.to_csv(handle, index=False, lineterminator="\n"))
+    cache = build_image_cache(config)
+    rows = []
+    with ParentRun(config, cv_dir.name, {**settings, "backbone": config.backbone}) as group:
+        fold_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
+        for repeat in range(repeats):
+            for fold in range(folds):
+                split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed)
+                run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
+                rows.append(
+                    _run_fold(fold_config, data, split, run_dir, cache, callbacks, show_progress)
+                    | {"repeat": repeat, "fold": fold}
+                )
+        result = _summarise(cv_dir, rows, data.classes)
+        summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": _headline(result.metrics)}
+        summary["per_fold"] = _fold_spread(result.folds)
+        write_json(cv_dir / CV_FILE, summary)
+        group.log_metrics({f"cv_{k}": v for k, v in _flat_headline(result.metrics).items()})
+        group.log_file(cv_dir / CV_FILE)
+        group.log_file(cv_dir / OOF_FILE)
+    return result
+
+
+def _run_fold(
+    config: RunConfig,
+    data: PreparedData,
+    split: pd.DataFrame,
+    run_dir: Path,
+    cache: Any,
+    callbacks: Sequence[CallbackLike],
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Train one fold in `run_dir` (resuming it, or reusing it when finished); its held-out numbers."""
+    if read_run_info(run_dir).get("status") != "finished":
+        split_file = run_dir / "split.csv"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_split(split, split_file)
+        fold_config = config.replace(split_file=str(split_file), new_split=False)
+        fold_data = dataclasses.replace(data, split=split, split_file=split_file, split_was_new=False)
+        everything = [*tracking_callbacks(fold_config), *callbacks]
+        if (run_dir / "config.json").is_file():
+            trainer = Trainer.resume(run_dir, everything, show_progress, data=fold_data, image_cache=cache)
+        else:
+            fold_config.to_json(run_dir / "config.json")
+            trainer = Trainer(fold_config, fold_data, run_dir, everything, show_progress, image_cache=cache)
+        trainer.fit()
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run_dir)}
+
+
+def _summarise(cv_dir: Path, rows: list[dict[str, Any]], classes: list[str]) -> CrossValidation:
+    """Out-of-fold predictions of every repeat, and metrics pooled over the pool (repeats averaged per image)."""
+    parts = []
+    for row in rows:
+        frame = pd.read_csv(Path(row["run_dir"]) / "predictions.csv")
+        parts.append(frame.assign(repeat=row["repeat"], fold=row["fold"]))
+    oof = pd.concat(parts, ignore_index=True)
+    atomic_write(cv_dir / OOF_FILE, lambda handle: oof.to_csv(handle, index=False, lineterminator="\n"))
+    averaged = pooled_predictions(oof, classes)
+    y_true = averaged["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    metrics = compute_metrics(y_true, averaged[[f"p_{c}" for c in classes]].to_numpy(), classes)
+    return CrossValidation(cv_dir, metrics, pd.DataFrame(rows), oof)
+
+
+def pooled_predictions(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One prediction per pool image: its out-of-fold probabilities averaged over repeats."""
+    columns = [f"p_{c}" for c in classes]
+    mean = oof.groupby("path", sort=True)[columns].mean()
+    true = oof.groupby("path", sort=True)["true"].first()
+    return predictions_frame(
+        list(mean.index), true.map({c: i for i, c in enumerate(classes)}).to_numpy(), mean.to_numpy(), classes
+    )
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n", "accuracy", "f1", "roc_auc", "log_loss", "ece")
+    return {**{k: metrics.get(k) for k in keys}, "ci95": metrics.get("ci95")}
+
+
+def _flat_headline(metrics: dict[str, Any]) -> dict[str, float]:
+    flat = {k: float(v) for k, v in _headline(metrics).items() if isinstance(v, (int, float))}
+    for key, bounds in (metrics.get("ci95") or {}).items():
+        if bounds:
+            flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = bounds
+    return flat
+
+
+def _fold_spread(folds: pd.DataFrame) -> dict[str, Any]:
+    return {
+        name: {"mean": float(folds[name].mean()), "sd": float(folds[name].std(ddof=1)) if len(folds) > 1 else 0.0}
+        for name in ("accuracy", "f1")
+    }
