@@ -189,6 +189,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from plantlib.config import RunConfig, field_names
+    from plantlib.experiments.tune import load_space, tune
+
+    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    base = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+    result = tune(
+        base,
+        load_space(args.space),
+        trials=args.trials,
+        timeout_s=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        cv_folds=args.cv,
+        metric=args.metric,
+    )
+    print(f"study {result.study_name}: {result.trials} trials; best {args.metric} {result.best_value:.4f}")
+    print(f"best parameters: {result.best_params}")
+    print(f"best config: {result.best_config_file}  (plantlib train --config {result.best_config_file})")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from plantlib.evaluate import format_metrics
     from plantlib.inference import evaluate_folder, evaluate_split, load_model
@@ -339,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="paired comparison of CV directories or runs on the same split")
     compare.add_argument("paths", nargs="+", metavar="CV_OR_RUN_DIR")
     compare.set_defaults(run=_cmd_compare)
+
+    sweep = commands.add_parser("tune", help="Optuna hyperparameter study over a YAML search space")
+    sweep.add_argument("--space", type=Path, help="YAML search space (default: the built-in one, see README)")
+    sweep.add_argument("--trials", type=int, default=12, help="trials this process runs (default: 12)")
+    sweep.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    sweep.add_argument("--storage", help="database URL or journal file (default: artifacts/optuna/journal.log)")
+    sweep.add_argument("--study", default="plantlib", help="study name; rerunning a name continues it")
+    sweep.add_argument("--cv", type=int, default=0, metavar="K", help="score trials by K-fold CV (default: 0, off)")
+    sweep.add_argument("--metric", default="accuracy", choices=["accuracy", "log_loss"], help="what to optimise")
+    sweep.add_argument("--config", type=Path, help="config.json the study starts from (flags override it)")
+    _add_config_options(sweep)
+    sweep.set_defaults(run=_cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
     evaluate.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")

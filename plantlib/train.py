@@ -42,6 +42,14 @@ from plantlib.runs import read_run_info, write_run_info
 from plantlib.runtime import autocast_dtype, epoch_seed, keep_freed_memory, loader_workers, seed_everything
 
 
+class StopTraining(Exception):
+    """Raised by a callback to end a run early on purpose; run.json records `status` (e.g. "pruned")."""
+
+    def __init__(self, status: str, reason: str = "") -> None:
+        super().__init__(reason or status)
+        self.status = status
+
+
 class Callback:
     """Hooks the Trainer calls; override the ones you need (tracking, pruning, live plots, fault injection)."""
 
@@ -55,7 +63,7 @@ class Callback:
         """After the test split is evaluated and run.json says finished."""
 
     def on_fit_failed(self, trainer: Trainer, status: str) -> None:
-        """When fit ends early by an exception; `status` is "interrupted" (Ctrl-C) or "failed"."""
+        """When fit ends by an exception: "interrupted" (Ctrl-C), "failed", or a `StopTraining` status."""
 
 
 class EpochEndFunction(Callback):
@@ -367,7 +375,10 @@ class Trainer:
 
     def _stopped(self, error: BaseException) -> None:
         """Record an early end honestly in run.json, say what last.pt holds, and tell the callbacks."""
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if isinstance(error, StopTraining):
+            status = error.status
+        else:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         self._write_info(status)
         if isinstance(error, KeyboardInterrupt):
             saved = f"last.pt holds epoch {self.saved_epoch}" if self.saved_epoch else "no epoch was saved yet"

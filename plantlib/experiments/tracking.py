@@ -299,7 +299,7 @@ class MlflowTracking(Callback):
     def on_fit_failed(self, trainer: Trainer, status: str) -> None:
         if self.worker is None:
             return
-        state = "KILLED" if status == "interrupted" else "FAILED"
+        state = {"interrupted": "KILLED", "pruned": "KILLED"}.get(status, "FAILED")
         files = [trainer.run_dir / name for name in RUN_FILES]
         self.worker.submit(lambda: self._finish({}, files, None, state))
         self._close(trainer, timeout_s=15.0)

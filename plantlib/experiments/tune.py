@@ -1,0 +1,247 @@
+"""Hyperparameter sweeps with Optuna: a YAML search space, a study that any number of processes can share.
+
+Storage: by default a journal file inside the project (`artifacts/optuna/journal.log`), which Optuna locks so
+several processes on one machine can work on one study; any database URL (e.g. PostgreSQL) lets processes on
+several machines share it. Rerunning a study name continues it. Each trial is an ordinary (tracked) run or a
+cross-validation; single-run trials are pruned on their per-epoch validation loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plantlib.config import RunConfig, field_names
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.experiments.cv import cross_validate
+from plantlib.experiments.tracking import ParentRun, tracking_callbacks
+from plantlib.paths import artifacts_dir
+from plantlib.train import Callback, StopTraining, Trainer
+
+DEFAULT_SPACE = """
+learning_rate: {type: float, low: 0.0003, high: 0.003, log: true}
+backbone_lr_factor: {type: float, low: 0.03, high: 0.3, log: true}
+frozen_blocks: {type: int, low: 4, high: 6}
+dropout: {type: float, low: 0.2, high: 0.6}
+label_smoothing: {type: float, low: 0.0, high: 0.15}
+weight_decay: {type: float, low: 0.000001, high: 0.01, log: true}
+epochs: {type: int, low: 3, high: 6}
+"""
+METRICS = {"accuracy": "maximize", "log_loss": "minimize"}
+PARAMETER_TYPES = ("float", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched config field: a float or int range (optionally log-scaled) or a list of choices."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def sample(self, trial: Any) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+
+def parse_space(text: str, source: str = "search space") -> list[Parameter]:
+    """Parameters from YAML `name: {type: float|int|categorical, low, high, log, choices}`, checked as config."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"{source} must map config fields to ranges, e.g. 'dropout: {{type: float, low: 0.2, high: 0.5}}'"
+        )
+    parameters = []
+    for name, spec in raw.items():
+        if name not in field_names():
+            raise ConfigError(f"{source}: {name!r} is not a config field; valid: {', '.join(field_names())}")
+        if not isinstance(spec, dict) or spec.get("type") not in PARAMETER_TYPES:
+            raise ConfigError(f"{source}: {name} needs type: one of {', '.join(PARAMETER_TYPES)}")
+        kind = spec["type"]
+        if kind == "categorical":
+            choices = tuple(spec.get("choices") or ())
+            if not choices:
+                raise ConfigError(f"{source}: {name} is categorical and needs a non-empty choices list")
+            for choice in choices:
+                RunConfig().replace(**{name: choice})  # each choice must be a valid value
+            parameters.append(Parameter(name, kind, choices=choices))
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
+            raise ConfigError(f"{source}: {name} needs numbers low < high (got low={low!r}, high={high!r})")
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise ConfigError(f"{source}: {name} is log-scaled, so low must be above 0 (got {low})")
+        RunConfig().replace(**{name: int(low) if kind == "int" else float(low)})
+        RunConfig().replace(**{name: int(high) if kind == "int" else float(high)})
+        parameters.append(Parameter(name, kind, float(low), float(high), log))
+    return parameters
+
+
+def load_space(path: Path | None) -> list[Parameter]:
+    if path is None:
+        return parse_space(DEFAULT_SPACE, "the default search space")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space file {path} does not exist")
+    return parse_space(path.read_text(encoding="utf-8"), str(path))
+
+
+def default_storage_url() -> str:
+    return str(artifacts_dir() / "optuna" / "journal.log")
+
+
+def open_storage(url: str | None) -> Any:
+    """A database URL as it is; a file path (the default) as a journal file, safe for processes on one machine."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    url = url or default_storage_url()
+    if "://" in url:
+        return url
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+class PruneOnValLoss(Callback):
+    """Reports each epoch's validation loss to the trial and stops the run when the pruner says so."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.trial.report(float(record["val_loss"]), int(record["epoch"]))
+        if self.trial.should_prune():
+            raise StopTraining("pruned", f"trial {self.trial.number} pruned after epoch {record['epoch']}")
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    best_value: float
+    best_params: dict[str, Any]
+    best_config_file: Path
+    trials: int
+
+
+def _objective(base: RunConfig, space: list[Parameter], metric: str, cv_folds: int, runs_dir: Path, parent: str | None):
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {parameter.name: parameter.sample(trial) for parameter in space}
+        config = base.replace(
+            **values,
+            output_dir=str(runs_dir / f"trial-{trial.number:04d}"),
+            tracking_parent=parent,
+            extra={**base.extra, "study": trial.study.study_name, "trial": trial.number},
+        )
+        if cv_folds:
+            result = cross_validate(config, folds=cv_folds, show_progress=False)
+            trial.set_user_attr("cv_dir", str(result.cv_dir))
+            return float(result.metrics[metric])
+        trainer = Trainer(config, callbacks=[*tracking_callbacks(config), PruneOnValLoss(trial)], show_progress=False)
+        trial.set_user_attr("run_dir", str(trainer.run_dir))
+        try:
+            trainer.fit()
+        except StopTraining as stop:
+            raise optuna.TrialPruned(str(stop)) from stop
+        best = min(trainer.history, key=lambda row: row["val_loss"])  # the epoch best.pt holds (val_loss monitor)
+        return float(best["val_accuracy"] if metric == "accuracy" else best["val_loss"])
+
+    return objective
+
+
+def tune(
+    base: RunConfig,
+    space: list[Parameter],
+    trials: int | None = 12,
+    timeout_s: float | None = None,
+    storage: str | None = None,
+    study_name: str = "plantlib",
+    cv_folds: int = 0,
+    metric: str = "accuracy",
+    out_dir: Path | None = None,
+    pruner: Any = None,
+) -> TuneResult:
+    """Run (or continue) Optuna study `study_name` for `trials` more trials; the best config as a config.json.
+
+    The metric is the validation accuracy (or loss) of a trial's best epoch, or with `cv_folds` the pooled
+    out-of-fold one. Several processes calling this with the same storage and study name share the work.
+    """
+    import optuna
+
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r} is not allowed; choose one of: {', '.join(METRICS)}")
+    if cv_folds == 1 or cv_folds < 0:
+        raise ConfigError(f"cv_folds={cv_folds} is not allowed; use 0 (single runs) or 2 or more folds")
+    out = Path(out_dir) if out_dir else artifacts_dir() / "tune" / study_name
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=open_storage(storage),
+        study_name=study_name,
+        direction=METRICS[metric],
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=base.effective_split_seed),
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+    with ParentRun(base, f"study-{study_name}", {"trials": trials, "cv_folds": cv_folds, "metric": metric}) as group:
+        objective = _objective(base, space, metric, cv_folds, out / "runs", group.run_id)
+        study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(PlantlibError,))
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not finished:
+            raise PlantlibError(f"study {study_name} has no finished trial yet; run more trials")
+        best = study.best_trial
+        best_file = out / "best_config.json"
+        base.replace(**best.params, output_dir=None, tracking_parent=None).to_json(best_file)
+        group.log_file(best_file)
+        group.log_metrics({f"best_{metric}": float(best.value)})
+    return TuneResult(study_name, float(best.value), dict(best.params), best_file, len(study.trials))
+
+
+def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
+    """Static (matplotlib) figures of a study: optimisation history, parameter importances, parallel coordinates."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    figures: dict[str, Any] = {}
+    for name, draw in (
+        ("history", optuna_plots.plot_optimization_history),
+        ("importances", optuna_plots.plot_param_importances),
+        ("parallel", optuna_plots.plot_parallel_coordinate),
+    ):
+        try:
+            axes = draw(study)
+        except (ValueError, RuntimeError) as error:  # e.g. importances need two or more finished trials
+            from plantlib.plots import message_figure
+
+            figures[name] = message_figure(f"{name}: {error}")
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(9, 4.5)
+        figures[name] = figure
+    return figures
+
+
+def trials_frame(storage: str | None, study_name: str) -> Any:
+    """The study's trials as a DataFrame: number, state, value, parameters, duration."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    return frame
