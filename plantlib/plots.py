@@ -481,3 +481,29 @@ def save_run_figures(folder: Path, history: list[dict], metrics: dict, predictio
         "reliability.png": plot_reliability(metrics),
     }
     return [save_figure(figure, Path(folder) / name) for name, figure in figures.items()]
+
+
+def plot_paired_differences(pairs: pd.DataFrame) -> Figure:
+    """Forest plot: each pair's accuracy difference (A - B) with its paired 95% interval; zero marked."""
+    required = ["a", "b", "difference", "ci_low", "ci_high", "verdict"]
+    missing = [column for column in required if column not in pairs.columns]
+    if missing:
+        raise ValueError(f"pairs table is missing columns {missing}; build it with experiments.compare.pairwise_table")
+    if pairs.empty:
+        return message_figure("no pairs to compare")
+    rows = pairs.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.6 * len(rows)), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    decided = rows["verdict"].str.contains("better|worse")
+    colours = np.where(decided, "tab:blue", "tab:grey")
+    errors = np.vstack([rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]])
+    for index in range(len(rows)):
+        ax.errorbar(
+            rows["difference"][index], y[index], xerr=errors[:, index : index + 1], fmt="o", color=colours[index],
+            capsize=4,
+        )  # fmt: skip
+    ax.axvline(0.0, color="black", linewidth=1, linestyle=":")
+    ax.set_yticks(y, [f"{row.a} − {row.b}" for row in rows.itertuples()], fontsize=8)
+    ax.set(xlabel="accuracy difference (paired bootstrap 95% CI)", title="paired differences: blue = decided at 95%")
+    ax.grid(axis="x", alpha=0.3)
+    return fig

@@ -153,3 +153,39 @@ def best_configuration(summary: pd.DataFrame, pairs: pd.DataFrame) -> str | None
         if wins and all(wins):
             return str(name)
     return None
+
+
+def _with_ci(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+
+
+def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFrame:
+    """One compact row per cross-validated configuration: pooled scores with CIs, size, time, inference speed.
+
+    Scores are strings "value (low–high)" so the table stays narrow enough for a report page.
+    """
+    from plantlib.compare import inference_ms_per_image
+    from plantlib.runs import read_run_info
+
+    items = [load_evaluated(Path(d)) for d in cv_dirs]
+    summary = summary_table(items)
+    rows = []
+    for cv_dir, item, score in zip(cv_dirs, items, summary.itertuples(), strict=True):
+        saved = json.loads((Path(cv_dir) / CV_FILE).read_text(encoding="utf-8"))
+        fold_runs = sorted(p for p in Path(cv_dir).iterdir() if (p / "run.json").is_file())
+        infos = [read_run_info(run) for run in fold_runs]
+        rows.append(
+            {
+                "backbone": saved["config"]["backbone"],
+                "accuracy (95% CI)": _with_ci(score.accuracy, score.accuracy_ci_low, score.accuracy_ci_high),
+                "macro F1 (95% CI)": _with_ci(score.f1, score.f1_ci_low, score.f1_ci_high),
+                "n": score.n,
+                "folds": saved["folds"],
+                "params (M)": round(infos[0]["parameters"]["total"] / 1e6, 2),
+                "size (MB)": round(infos[0]["model_size_mb"], 1),
+                "train s/fold": round(float(np.mean([i.get("train_seconds", 0.0) for i in infos])), 1),
+                "ms/image": round(inference_ms_per_image(fold_runs[0]), 1) if measure_speed else float("nan"),
+                "name": item.name,
+            }
+        )
+    return pd.DataFrame(rows)

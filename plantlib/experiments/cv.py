@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from plantlib.build import build_image_cache
+from plantlib.checkpoint import LAST_CHECKPOINT
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import save_split
@@ -174,6 +175,7 @@ def _run_fold(
             fold_config.to_json(run_dir / "config.json")
             trainer = Trainer(fold_config, fold_data, run_dir, everything, show_progress, image_cache=cache)
         trainer.fit()
+        (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # a finished fold resumes nothing; best.pt stays
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run_dir)}
 
