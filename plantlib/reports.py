@@ -24,7 +24,7 @@ from plantlib.notebook import SUMMARY_ENV, declared_parameters, notebook_paths
 from plantlib.paths import notebooks_dir, reports_dir
 from plantlib.progress import HEADLESS_ENV
 
-NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones")
+NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
 PROJECT_KERNEL = "plantlib"
 REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
 

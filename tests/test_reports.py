@@ -30,7 +30,7 @@ def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "artifacts" / "reports"
 
 
-def test_report_writes_an_index_and_four_reports(fast_report: Path) -> None:
+def test_report_writes_an_index_and_a_report_per_notebook(fast_report: Path) -> None:
     index = json.loads((fast_report / "index.json").read_text())
     assert [r["name"] for r in index] == list(NOTEBOOKS) and {r["status"] for r in index} == {"ok"}
     assert all(r["summary"] for r in index)
@@ -38,7 +38,8 @@ def test_report_writes_an_index_and_four_reports(fast_report: Path) -> None:
     page = (fast_report / "index.html").read_text()
     for name in NOTEBOOKS:
         assert f'href="{name}.html"' in page and (fast_report / f"{name}.ipynb").is_file()
-    assert (fast_report / "compare" / "02_train-efficientnet_lite0.html").is_file()
+    assert "1 backbone, 3-fold CV on the same folds" in index[3]["summary"]
+    assert index[4]["summary"].startswith("study report: 3 trials")
 
 
 def test_reports_are_static_and_self_contained(fast_report: Path) -> None:
@@ -110,8 +111,14 @@ def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report
     by_name = {run.info.run_name: run for run in runs}
     trained = Path(index[1]["values"]["run_dir"]).name
     assert by_name[trained].info.status == "FINISHED"  # 02_train's run
-    [group] = [run for run in runs if run.data.tags.get("kind") == "group"]
-    nested = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == group.info.run_id]
-    assert [run.data.tags["backbone"] for run in nested] == ["efficientnet_lite0"]
-    assert group.data.params["backbones"] == "efficientnet_lite0" and group.info.status == "FINISHED"
+    [comparison] = [run for run in runs if run.info.run_name.startswith("compare-")]
+    [cv] = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == comparison.info.run_id]
+    folds = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == cv.info.run_id]
+    assert cv.data.params["backbone"] == "efficientnet_lite0" and cv.data.params["folds"] == "3"
+    assert [run.data.tags["backbone"] for run in folds] == ["efficientnet_lite0"] * 3
+    assert cv.data.metrics["cv_n"] == sum(run.data.metrics["test_n"] for run in folds)  # pooled over the folds
+    assert comparison.info.status == cv.info.status == "FINISHED"
+    [study] = [run for run in runs if run.info.run_name == "study-report"]
+    trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    assert len(trials) == 3 and {run.data.params["extra.trial"] for run in trials} == {"0", "1", "2"}
     assert "tracking: MLflow run" in (fast_report / "02_train.html").read_text()

@@ -8,6 +8,7 @@ cross-validation; single-run trials are pruned on their per-epoch validation los
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
     from optuna.visualization import matplotlib as optuna_plots
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # stable enough for figures
     figures: dict[str, Any] = {}
     for name, draw in (
         ("history", optuna_plots.plot_optimization_history),
@@ -232,7 +234,7 @@ def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
             figures[name] = message_figure(f"{name}: {error}")
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(9, 4.5)
+        figure.set_size_inches(11, 5)
         figures[name] = figure
     return figures
 
@@ -244,4 +246,6 @@ def trials_frame(storage: str | None, study_name: str) -> Any:
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    if "duration" in frame.columns:
+        frame["seconds"] = frame.pop("duration").dt.total_seconds().round(1)
     return frame
