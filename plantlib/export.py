@@ -98,7 +98,8 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
         f"# Model card: {run_dir.name}",
         "",
         "## Model",
-        f"- Backbone `{config.backbone}` ({info.get('weights', 'weights unknown')}), head `{config.head}`; "
+        f"- Backbone `{config.backbone}` ({str(info.get('weights', 'weights unknown')).split(' (')[0]}), "
+        f"head `{config.head}`; "
         f"{info.get('parameters', {}).get('total', 0) / 1e6:.2f} M parameters.",
         f"- Classes: {', '.join(loaded.class_names)}.",
         f"- Input: RGB images, shorter side resized to {resize_side(loaded.image_size)} px, centre crop "

@@ -9,6 +9,7 @@ directory stays complete, and `plantlib track RUN_DIR` uploads it later.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -35,6 +36,7 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
 # MLflow's HTTP client retries for minutes by default; a training run must not wait that long for a lost server.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _FINISH_TIMEOUT_S = 120.0
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingError(PlantlibError):
@@ -105,21 +107,23 @@ def client_for(uri: str) -> Any:
 
 
 def experiment_id(client: Any, uri: str, name: str) -> str:
-    """The id of experiment `name`, created when missing (artifacts inside the project for the embedded store)."""
+    """The id of experiment `name`, created when missing (artifacts inside the project for the embedded store).
+
+    The experiment is marked as model training, so the MLflow UI opens on its runs table.
+    """
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    root = artifact_root_for(uri)
-    location = root.as_uri() if root is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created by another process meanwhile
+    if found is None:
+        root = artifact_root_for(uri)
+        with contextlib.suppress(MlflowException):  # another process may have created it meanwhile
+            client.create_experiment(name, artifact_location=root.as_uri() if root is not None else None)
         found = client.get_experiment_by_name(name)
         if found is None:
-            raise
-        return found.experiment_id
+            raise TrackingError(f"cannot create MLflow experiment {name!r} in {uri}")
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
