@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plantlib.config import DATA_FIELDS, ENGINES
+from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names
 from plantlib.errors import PlantlibError
 
 Command = Callable[[argparse.Namespace], int]
@@ -29,7 +29,6 @@ def _cmd_fetch_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from plantlib.config import RunConfig
     from plantlib.data import prepare_data, split_counts
 
     base = RunConfig.from_json(args.config) if args.config else RunConfig()
@@ -48,8 +47,13 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    """--config (or the defaults) with every config flag given on the command line applied."""
+    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    return (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from plantlib.config import RunConfig, field_names
     from plantlib.distributed import launched_by_torchrun, shutdown
     from plantlib.evaluate import format_metrics
     from plantlib.train import Trainer
@@ -57,9 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume and overrides:
         raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
-    config = None
-    if not args.resume:
-        config = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+    config = None if args.resume else _config_from_args(args)
     if args.nproc > 1 and not launched_by_torchrun():
         from plantlib.launch import run_torchrun, start_run
 
@@ -153,15 +155,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from plantlib.config import RunConfig, field_names
     from plantlib.evaluate import format_metrics
     from plantlib.experiments.cv import cross_validate
 
-    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume:
         result = cross_validate(RunConfig(), cv_dir=args.resume)
     else:
-        config = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
+        config = _config_from_args(args)
         result = cross_validate(config, folds=args.folds, repeats=args.repeats, include_test=args.include_test)
     folds = result.folds
     print(f"\ncross-validation: {result.cv_dir}")
@@ -190,13 +190,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from plantlib.config import RunConfig, field_names
     from plantlib.experiments.tune import load_space, tune
 
-    overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
-    base = (RunConfig.from_json(args.config) if args.config else RunConfig()).replace(**overrides)
     result = tune(
-        base,
+        _config_from_args(args),
         load_space(args.space),
         trials=args.trials,
         timeout_s=args.timeout,
@@ -271,7 +268,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """One --flag per RunConfig field (or per field in `names`); only flags actually given override the config."""
-    from plantlib.config import RunConfig
 
     hints = typing.get_type_hints(RunConfig)
     for item in dataclasses.fields(RunConfig):

@@ -17,8 +17,26 @@ import torch
 from plantlib.config import ENGINES
 from plantlib.data.dataset import Normalization
 from plantlib.errors import ConfigError
+from plantlib.io import atomic_path
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+ONNX_OPSET = 17
+
+
+def export_onnx_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, output: str) -> None:
+    """Trace `module` into an ONNX file at `path`, written atomically (TorchScript exporter, batch size free)."""
+    with atomic_path(Path(path)) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on the export path, not the user's concern
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=[output],
+            dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
 
 
 class OpenVinoClassifier:
@@ -43,17 +61,7 @@ class OpenVinoClassifier:
         example = torch.zeros(1, 3, image_size, image_size)
         with tempfile.TemporaryDirectory(prefix="plantlib-onnx-") as folder:
             onnx_path = Path(folder) / "classifier.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tracer's notes on the export path, not the user's concern
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(onnx_path),
-                    input_names=["images"],
-                    output_names=["logits"],
-                    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                    dynamo=False,
-                )
+            export_onnx_graph(model, example, onnx_path, "logits")
             core = openvino.Core()
             network = core.read_model(str(onnx_path))
         steps = PrePostProcessor(network)

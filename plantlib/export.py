@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
 from plantlib.data.dataset import Normalization, resize_side
+from plantlib.engine import export_onnx_graph
 from plantlib.errors import PlantlibError
 from plantlib.evaluate import misclassified
 from plantlib.inference import LoadedModel, load_model
@@ -26,7 +26,6 @@ from plantlib.io import atomic_path, write_text
 from plantlib.runs import read_run_info
 
 EXPORT_FORMATS = ("onnx",)
-ONNX_OPSET = 17
 
 
 class ProbabilitiesFromUint8(torch.nn.Module):
@@ -49,24 +48,13 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
     wrapper = ProbabilitiesFromUint8(loaded.model.cpu().eval(), loaded.normalization).eval()
     example = torch.zeros(1, 3, loaded.image_size, loaded.image_size, dtype=torch.uint8)
     with atomic_path(Path(path)) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on the export path, not the user's concern
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(tmp),
-                input_names=["images"],
-                output_names=["probabilities"],
-                dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
+        export_onnx_graph(wrapper, example, tmp, "probabilities")
         graph = onnx.load(tmp)
         metadata = {
             "class_names": json.dumps(loaded.class_names),
             "image_size": str(loaded.image_size),
             "resize_side": str(resize_side(loaded.image_size)),
-            "input": "uint8 RGB, N x 3 x H x W: shorter side resized to resize_side (bilinear), centre crop image_size",
+            "input": "uint8 RGB, N x 3 x H x W: shorter side resized (antialiased) to resize_side, centre crop image_size",
             "output": "class probabilities (softmax), in class_names order",
             "backbone": loaded.config.backbone,
         }

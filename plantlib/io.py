@@ -50,3 +50,12 @@ def write_json(target: Path, payload: Any) -> None:
 
 def write_text(target: Path, text: str) -> None:
     atomic_write(target, lambda handle: handle.write(text))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when the file is missing or unreadable (a run that never wrote it)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from plantlib.checkpoint import BEST_CHECKPOINT
 from plantlib.errors import PlantlibError
-from plantlib.io import write_json
+from plantlib.io import read_json, write_json
 from plantlib.paths import artifacts_dir
 
 RUN_FILE = "run.json"
@@ -19,11 +18,10 @@ def runs_dir(output_dir: str | Path | None = None) -> Path:
     return Path(output_dir) if output_dir else artifacts_dir() / "runs"
 
 
-def new_run_dir(backbone: str, output_dir: str | Path | None = None) -> Path:
-    """`<runs>/<YYYYmmdd-HHMMSS>-<backbone>[-N]`, created exclusively so two runs started together differ."""
-    parent = runs_dir(output_dir)
+def new_unique_dir(parent: Path, stem: str) -> Path:
+    """`parent/stem`, or `stem-2`, `stem-3`, …: created exclusively, so two jobs started together never share one."""
+    parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}"
     for attempt in range(1, 10_000):
         candidate = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
         try:
@@ -31,7 +29,12 @@ def new_run_dir(backbone: str, output_dir: str | Path | None = None) -> Path:
             return candidate
         except FileExistsError:
             continue
-    raise PlantlibError(f"could not create a new run directory under {parent}")
+    raise PlantlibError(f"could not create a new directory {stem} under {parent}")
+
+
+def new_run_dir(backbone: str, output_dir: str | Path | None = None) -> Path:
+    """`<runs>/<YYYYmmdd-HHMMSS>-<backbone>[-N]`, created exclusively so two runs started together differ."""
+    return new_unique_dir(runs_dir(output_dir), f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}")
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
@@ -40,11 +43,7 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json(Path(run_dir) / RUN_FILE)
 
 
 def list_runs(output_dir: str | Path | None = None) -> list[Path]:

@@ -25,12 +25,12 @@ from plantlib.checkpoint import LAST_CHECKPOINT
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import save_split
-from plantlib.errors import ConfigError, PlantlibError
+from plantlib.errors import ConfigError
 from plantlib.evaluate import compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import atomic_write, write_json
 from plantlib.paths import artifacts_dir
-from plantlib.runs import read_run_info
+from plantlib.runs import new_unique_dir, read_run_info
 from plantlib.train import CallbackLike, Trainer
 
 CV_FILE = "cv.json"
@@ -94,16 +94,7 @@ def cv_pool(data: PreparedData, include_test: bool) -> pd.DataFrame:
 
 def new_cv_dir(config: RunConfig, folds: int) -> Path:
     parent = Path(config.output_dir) if config.output_dir else artifacts_dir() / "cv"
-    parent.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{folds}fold"
-    for attempt in range(1, 10_000):
-        candidate = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise PlantlibError(f"could not create a cross-validation directory under {parent}")
+    return new_unique_dir(parent, f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{folds}fold")
 
 
 def cross_validate(
@@ -172,7 +163,7 @@ def _run_fold(
         if (run_dir / "config.json").is_file():
             trainer = Trainer.resume(run_dir, everything, show_progress, data=fold_data, image_cache=cache)
         else:
-            fold_config.to_json(run_dir / "config.json")
+            write_json(run_dir / "config.json", fold_config.to_dict())
             trainer = Trainer(fold_config, fold_data, run_dir, everything, show_progress, image_cache=cache)
         trainer.fit()
         (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # a finished fold resumes nothing; best.pt stays

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import queue
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 from plantlib.config import RunConfig
 from plantlib.errors import ConfigError, PlantlibError
-from plantlib.io import write_json
+from plantlib.io import read_json, write_json
 from plantlib.paths import artifacts_dir, project_root
 from plantlib.train import Callback, Trainer, TrainingResult
 
@@ -208,11 +207,7 @@ def run_summary_metrics(info: dict[str, Any]) -> dict[str, float]:
 
 
 def read_tracking_file(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / TRACKING_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json(Path(run_dir) / TRACKING_FILE)
 
 
 # ---------------------------------------------------------------------------------------- the callback

@@ -19,6 +19,7 @@ from plantlib.config import RunConfig, field_names
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.cv import cross_validate
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
+from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
 from plantlib.train import Callback, StopTraining, Trainer
 
@@ -207,7 +208,7 @@ def tune(
             raise PlantlibError(f"study {study_name} has no finished trial yet; run more trials")
         best = study.best_trial
         best_file = out / "best_config.json"
-        base.replace(**best.params, output_dir=None, tracking_parent=None).to_json(best_file)
+        write_json(best_file, base.replace(**best.params, output_dir=None, tracking_parent=None).to_dict())
         group.log_file(best_file)
         group.log_metrics({f"best_{metric}": float(best.value)})
     return TuneResult(study_name, float(best.value), dict(best.params), best_file, len(study.trials))
