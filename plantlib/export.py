@@ -54,7 +54,7 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
             "class_names": json.dumps(loaded.class_names),
             "image_size": str(loaded.image_size),
             "resize_side": str(resize_side(loaded.image_size)),
-            "input": "uint8 RGB, N x 3 x H x W: shorter side resized (antialiased) to resize_side, centre crop image_size",
+            "input": "uint8 RGB, N x 3 x H x W: shorter side resized (antialiased) to resize_side, centre crop",
             "output": "class probabilities (softmax), in class_names order",
             "backbone": loaded.config.backbone,
         }
