@@ -122,3 +122,7 @@ def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report
     trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == study.info.run_id]
     assert len(trials) == 3 and {run.data.params["extra.trial"] for run in trials} == {"0", "1", "2"}
     assert "tracking: MLflow run" in (fast_report / "02_train.html").read_text()
+    assert (
+        f"Tracked as MLflow run <code>{comparison.info.run_id}</code>"
+        in (fast_report / "04_compare_backbones.html").read_text()
+    )

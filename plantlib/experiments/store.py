@@ -161,7 +161,8 @@ def runs_table(
     backbone: str | None = None,
     parent_run_id: str | None = None,
 ) -> pd.DataFrame:
-    """Tracked runs, newest first: name, backbone, key config, epochs, test accuracy with its 95% CI, time."""
+    """Tracked runs, newest first: name, backbone, key config, epochs, accuracy with its 95% CI (test split, or
+    pooled out-of-fold for a cross-validation), time."""
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     client = client_for(uri)
@@ -182,8 +183,9 @@ def runs_table(
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         if tags.get("kind") == "group" and not parent_run_id:
             continue  # groups are listed through their members
-        low, high = metrics.get("test_accuracy_ci_low"), metrics.get("test_accuracy_ci_high")
-        accuracy = metrics.get("test_accuracy")
+        scope = "test" if "test_accuracy" in metrics else "cv"  # a run's test split, or a CV's pooled folds
+        low, high = metrics.get(f"{scope}_accuracy_ci_low"), metrics.get(f"{scope}_accuracy_ci_high")
+        accuracy = metrics.get(f"{scope}_accuracy")
         rows.append(
             {
                 "run": run.info.run_name,
@@ -191,9 +193,10 @@ def runs_table(
                 "backbone": tags.get("backbone"),
                 **{name: params.get(name) for name in TABLE_PARAMS},
                 "epochs_done": _int_or_none(metrics.get("epochs_done")),
-                "test_accuracy": accuracy,
+                "accuracy": accuracy,
                 "ci95": f"{low:.3f}–{high:.3f}" if low is not None and high is not None else "",
-                "n": _int_or_none(metrics.get("test_n")),
+                "n": _int_or_none(metrics.get(f"{scope}_n")),
+                "scored_on": scope if accuracy is not None else "",
                 "train_seconds": metrics.get("train_seconds"),
                 "status": run.info.status,
                 "run_id": run.info.run_id,
