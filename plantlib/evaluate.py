@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from plantlib.io import atomic_write, write_json
+from plantlib.io import atomic_path, atomic_write, write_json
 from plantlib.runtime import maybe_autocast
 
 # Rows must sum to one within this before metrics trust them; anything further off is probably logits.
@@ -311,8 +311,10 @@ def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: str = "") -> dict[str, Path]:
-    """Write `[<prefix>_]metrics.json` and `[<prefix>_]predictions.csv` atomically; return their paths.
+    """Write `[<prefix>_]metrics.json` and `[<prefix>_]predictions.csv` together; return their paths.
 
+    Metrics go to a temporary file that is moved into place only after the predictions were written: a failed
+    write (a file name that cannot be encoded, a full disk) leaves no metrics without their predictions.
     A run's test split uses no prefix (`metrics.json`); other splits are named, e.g. `val_metrics.json`.
     """
     out_dir = Path(out_dir)
@@ -320,8 +322,9 @@ def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: s
         "metrics": out_dir / f"{prefix + '_' if prefix else ''}metrics.json",
         "predictions": out_dir / f"{prefix + '_' if prefix else ''}predictions.csv",
     }
-    write_json(paths["metrics"], metrics)
-    atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))
+    with atomic_path(paths["metrics"]) as metrics_tmp:
+        write_json(metrics_tmp, metrics)
+        atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))
     return paths
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from plantlib.config import RunConfig
 from plantlib.data.duplicates import DuplicateReport, find_duplicates
 from plantlib.data.fetch import dataset_is_complete, fetch_dataset
+from plantlib.data.names import file_in
 from plantlib.data.scan import ScanResult, scan_dataset
 from plantlib.data.split import check_split_matches, default_split_file, load_split, make_split, save_split
 from plantlib.io import write_json
@@ -33,7 +34,7 @@ class PreparedData:
     def frame(self, split: str) -> pd.DataFrame:
         """Rows of one split (`train`, `val` or `test`) with absolute paths and label indices."""
         rows = self.split[self.split["split"] == split].copy()
-        rows["file"] = [self.data_dir / p for p in rows["path"]]
+        rows["file"] = [file_in(self.data_dir, p) for p in rows["path"]]
         rows["target"] = rows["label"].map({c: i for i, c in enumerate(self.classes)})
         return rows.reset_index(drop=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_frac
         where = data_dir.relative_to(project_root()).as_posix()
     except ValueError:
         where = str(data_dir)
-    key = hashlib.sha1(where.encode()).hexdigest()[:6]
+    key = hashlib.sha1(os.fsencode(where)).hexdigest()[:6]  # the bytes of the name, valid UTF-8 or not
     train = 1 - val_fraction - test_fraction
     shares = "-".join(f"{round(f * 100):g}" for f in (train, val_fraction, test_fraction))
     return splits_dir() / f"{data_dir.name}-{key}-seed{seed}-{shares}.csv"
@@ -75,7 +76,8 @@ def save_split(split: pd.DataFrame, path: Path) -> None:
 def load_split(path: Path) -> pd.DataFrame:
     path = Path(path)
     try:
-        split = pd.read_csv(path, dtype={"path": str, "label": str, "split": str})
+        # A class or file named "NA" or "null" is a name, not a missing value.
+        split = pd.read_csv(path, dtype={"path": str, "label": str, "split": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"split file {path} cannot be read ({error}); delete it or pass new_split=True") from error
     missing = set(SPLIT_COLUMNS) - set(split.columns)
