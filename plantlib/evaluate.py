@@ -211,7 +211,8 @@ def compute_metrics(
     Predictions are the argmax of `probs`. `per_class` and the confusion matrices cover every class (zeros
     for one that never occurs); precision, recall and F1 are macro averages over the classes that occur in
     y_true or the predictions. `ci95` comes from a seeded bootstrap so reruns print identical intervals,
-    and `roc_auc` is None when y_true has a single class.
+    and `roc_auc` is None when y_true has a single class. `absent_classes` names the classes with no image
+    here: the averages say nothing about them.
     """
     y_true, probs = _check_inputs(y_true, probs, class_names)
     n_classes = len(class_names)
@@ -254,6 +255,7 @@ def compute_metrics(
         "reliability": reliability,
         "log_loss": float(log_loss(y_true, probs, labels=labels)),
         "class_names": list(class_names),
+        "absent_classes": [name for k, name in enumerate(class_names) if support[k] == 0],
     }
 
 
@@ -351,6 +353,11 @@ def format_metrics(metrics: dict) -> str:
         parts.append(f"log loss {metrics['log_loss']:.3f}")
     parts.append(f"n={metrics['n']}")
     lines = [" · ".join(parts)]
+    if metrics.get("absent_classes"):
+        lines.append(
+            f"warning: no image of class(es) {', '.join(metrics['absent_classes'])} in this set; "
+            "these metrics do not measure them"
+        )
     if metrics.get("classification_report"):
         lines += ["", metrics["classification_report"].rstrip()]
     return "\n".join(lines)

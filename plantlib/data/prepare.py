@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,16 @@ from plantlib.config import RunConfig
 from plantlib.data.duplicates import DuplicateReport, find_duplicates
 from plantlib.data.fetch import dataset_is_complete, fetch_dataset
 from plantlib.data.names import file_in
-from plantlib.data.scan import ScanResult, scan_dataset
-from plantlib.data.split import check_split_matches, default_split_file, load_split, make_split, save_split
+from plantlib.data.scan import DataWarning, ScanResult, scan_dataset
+from plantlib.data.split import (
+    MIN_IMAGES_PER_CLASS,
+    check_split_matches,
+    classes_missing_from_splits,
+    default_split_file,
+    load_split,
+    make_split,
+    save_split,
+)
 from plantlib.io import write_json
 from plantlib.paths import builtin_data_dir, data_root
 
@@ -74,6 +83,7 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     else:
         split = load_split(split_file)
         check_split_matches(split, images, split_file)
+    warn_about_missing_classes(split, split_file, is_new)
     prepared = PreparedData(
         data_dir=data_dir,
         classes=scan.classes,
@@ -86,6 +96,26 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     )
     write_json(prepared.report_file, data_report(prepared))
     return prepared
+
+
+def warn_about_missing_classes(split: pd.DataFrame, split_file: Path, is_new: bool) -> None:
+    """Say loudly when a class has no validation or test image: its accuracy would silently go unmeasured."""
+    missing = classes_missing_from_splits(split)
+    if not missing:
+        return
+    counts = split["label"].value_counts()
+    listed = "; ".join(f"{label} ({counts[label]} images): none in {' or '.join(s)}" for label, s in missing.items())
+    fix = (
+        f"add images (a class needs {MIN_IMAGES_PER_CLASS} or more that are not near-duplicates of each other)"
+        if is_new
+        else f"make a new split (--new-split / new_split=True): {split_file} was made before classes were "
+        "guaranteed one image per split, or add images"
+    )
+    warnings.warn(
+        f"class(es) missing from a split, so validation and test metrics leave them out: {listed}. To fix, {fix}",
+        DataWarning,
+        stacklevel=3,
+    )
 
 
 def data_report(prepared: PreparedData) -> dict[str, Any]:
@@ -108,4 +138,5 @@ def data_report(prepared: PreparedData) -> dict[str, Any]:
             for s in ("train", "val", "test")
         },
         "groups_crossing_splits": crossing,
+        "classes_missing_from_splits": classes_missing_from_splits(split),
     }

@@ -15,6 +15,7 @@ from plantlib.paths import project_root, splits_dir
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "label", "split", "group")
+MIN_IMAGES_PER_CLASS = len(SPLITS)  # one for each split: fewer, and a class cannot be validated and tested
 
 
 def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_fraction: float) -> Path:
@@ -31,8 +32,16 @@ def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_frac
 
 
 def _targets(count: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Images of one class per split; rounding never leaves a class of 3 or more out of a split."""
     val = round(count * val_fraction)
     test = round(count * test_fraction)
+    if count >= MIN_IMAGES_PER_CLASS:
+        val, test = max(val, 1), max(test, 1)
+        while count - val - test < 1:  # keep one image to train on
+            if val >= test:
+                val -= 1
+            else:
+                test -= 1
     return {"train": count - val - test, "val": val, "test": test}
 
 
@@ -103,6 +112,13 @@ def check_split_matches(split: pd.DataFrame, images: pd.DataFrame, path: Path) -
         f"or unusable, {len(new)} images are new, e.g. {example}); make a new split with new_split=True "
         "(CLI: --new-split) or restore the images"
     )
+
+
+def classes_missing_from_splits(split: pd.DataFrame) -> dict[str, list[str]]:
+    """Per class that lacks some split, the splits that hold none of its images (e.g. {"rare": ["val", "test"]})."""
+    present = set(zip(split["label"], split["split"], strict=True))
+    missing = {label: [s for s in SPLITS if (label, s) not in present] for label in sorted(set(split["label"]))}
+    return {label: splits for label, splits in missing.items() if splits}
 
 
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
