@@ -20,7 +20,7 @@ from typing import Any
 
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.io import write_text
-from plantlib.notebook import SUMMARY_ENV, declared_parameters, notebook_paths
+from plantlib.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 from plantlib.paths import notebooks_dir, reports_dir
 from plantlib.progress import HEADLESS_ENV
 
@@ -84,6 +84,13 @@ def plan_parameters(user: dict[str, Any] | None, fast: bool = False) -> dict[str
             if "fast" in declared[name]:
                 plan[name]["fast"] = True
     return plan
+
+
+def check_plan(plan: dict[str, dict[str, Any]]) -> None:
+    """Validate every notebook's values as the notebook itself would, so a bad value fails before anything runs."""
+    for name, values in plan.items():
+        if values:
+            check_parameters(name, values)
 
 
 @contextlib.contextmanager
@@ -191,6 +198,7 @@ def run_reports(
     unknown = sorted(set(chosen) - set(NOTEBOOKS))
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
+    check_plan(plan)
     runs: list[NotebookRun] = []
     failed = False
     for name in NOTEBOOKS:
@@ -256,4 +264,12 @@ def check_all_ok(runs: list[NotebookRun]) -> None:
             raise PlantlibError(f"notebook {run.name} failed in {run.error}; see {run.html}")
 
 
-__all__ = ["NOTEBOOKS", "NotebookRun", "check_all_ok", "notebook_paths", "plan_parameters", "run_reports"]
+__all__ = [
+    "NOTEBOOKS",
+    "NotebookRun",
+    "check_all_ok",
+    "check_plan",
+    "notebook_paths",
+    "plan_parameters",
+    "run_reports",
+]
