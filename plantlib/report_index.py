@@ -184,6 +184,8 @@ def read_invocations(root: Path) -> list[dict[str, Any]]:
             record = json.loads(record_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
+        if not isinstance(record, dict) or not {"id", "status", "notebooks"} <= set(record):
+            continue  # not a report record (or one from another tool): leave it out of the index
         if record.get("status") == "running" and not _still_running(record):
             record["status"] = "interrupted"
             for run in record.get("notebooks", []):
