@@ -41,10 +41,24 @@ def find_checkpoint(path: Path, names: tuple[str, ...] = (BEST_CHECKPOINT, LAST_
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` (plus format tags) to `path` via a temporary file, so a crash never leaves half a file."""
+    """Write `payload` (plus format tags) to `path` via a temporary file, so a crash never leaves half a file.
+
+    A full disk raises `DiskFullError` ("no space left on <folder> (needs ~N MB …)"), not torch's "unexpected pos".
+    """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), needed_bytes=tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested payload: about the size of its checkpoint file."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -441,6 +441,8 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _show_warning  # one readable line instead of a source location
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # a file name that is not UTF-8 prints as its bytes
     try:
         return args.run(args)
     except PlantlibError as error:

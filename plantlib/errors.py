@@ -15,3 +15,7 @@ class DataError(PlantlibError):
 
 class FetchError(DataError):
     """Images could not be fetched or verified."""
+
+
+class DiskFullError(PlantlibError):
+    """A write ran out of space; the message names the folder and about how much the write needed."""

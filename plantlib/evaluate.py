@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from plantlib.io import atomic_write, write_json
+from plantlib.io import atomic_path, atomic_write, write_json
 from plantlib.runtime import maybe_autocast
 
 # Rows must sum to one within this before metrics trust them; anything further off is probably logits.
@@ -211,7 +211,8 @@ def compute_metrics(
     Predictions are the argmax of `probs`. `per_class` and the confusion matrices cover every class (zeros
     for one that never occurs); precision, recall and F1 are macro averages over the classes that occur in
     y_true or the predictions. `ci95` comes from a seeded bootstrap so reruns print identical intervals,
-    and `roc_auc` is None when y_true has a single class.
+    and `roc_auc` is None when y_true has a single class. `absent_classes` names the classes with no image
+    here: the averages say nothing about them.
     """
     y_true, probs = _check_inputs(y_true, probs, class_names)
     n_classes = len(class_names)
@@ -254,6 +255,7 @@ def compute_metrics(
         "reliability": reliability,
         "log_loss": float(log_loss(y_true, probs, labels=labels)),
         "class_names": list(class_names),
+        "absent_classes": [name for k, name in enumerate(class_names) if support[k] == 0],
     }
 
 
@@ -311,8 +313,10 @@ def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: str = "") -> dict[str, Path]:
-    """Write `[<prefix>_]metrics.json` and `[<prefix>_]predictions.csv` atomically; return their paths.
+    """Write `[<prefix>_]metrics.json` and `[<prefix>_]predictions.csv` together; return their paths.
 
+    Metrics go to a temporary file that is moved into place only after the predictions were written: a failed
+    write (a file name that cannot be encoded, a full disk) leaves no metrics without their predictions.
     A run's test split uses no prefix (`metrics.json`); other splits are named, e.g. `val_metrics.json`.
     """
     out_dir = Path(out_dir)
@@ -320,8 +324,9 @@ def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: s
         "metrics": out_dir / f"{prefix + '_' if prefix else ''}metrics.json",
         "predictions": out_dir / f"{prefix + '_' if prefix else ''}predictions.csv",
     }
-    write_json(paths["metrics"], metrics)
-    atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))
+    with atomic_path(paths["metrics"]) as metrics_tmp:
+        write_json(metrics_tmp, metrics)
+        atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))
     return paths
 
 
@@ -348,6 +353,11 @@ def format_metrics(metrics: dict) -> str:
         parts.append(f"log loss {metrics['log_loss']:.3f}")
     parts.append(f"n={metrics['n']}")
     lines = [" · ".join(parts)]
+    if metrics.get("absent_classes"):
+        lines.append(
+            f"warning: no image of class(es) {', '.join(metrics['absent_classes'])} in this set; "
+            "these metrics do not measure them"
+        )
     if metrics.get("classification_report"):
         lines += ["", metrics["classification_report"].rstrip()]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from plantlib.config import RunConfig
 from plantlib.data import DataWarning, DecodedImageCache, Normalization, eval_transform
 from plantlib.data.dataset import resize_side
 from plantlib.data.images import ImageDecodeError, is_image_name
+from plantlib.data.names import as_text, file_in
 from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
 from plantlib.engine import Forward, compile_for_inference
@@ -187,7 +188,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 
     if not files:
         raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
     probs = loaded.probabilities(files, batch_size, cache)
-    return predictions_frame([str(f) for f in files], None, probs, loaded.class_names)
+    return predictions_frame([as_text(f) for f in files], None, probs, loaded.class_names)
 
 
 def run_data(loaded: LoadedModel) -> PreparedData:
@@ -221,7 +222,7 @@ def evaluate_folder(
             f"{loaded.class_names}. Rename or remove those folders."
         )
     rows = scan.images[["path", "label"]].copy()
-    rows["file"] = [data_dir / p for p in rows["path"]]
+    rows["file"] = [file_in(data_dir, p) for p in rows["path"]]
     rows["target"] = rows["label"].map({c: i for i, c in enumerate(loaded.class_names)})
     target_dir = out_dir or loaded.run_dir / "evaluations" / data_dir.name
     return _evaluate(loaded, rows, "", target_dir)

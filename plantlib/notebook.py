@@ -6,6 +6,7 @@ Notebooks stay thin: they call these and the library, and show results.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,14 @@ from plantlib.progress import live_notebook_frontend
 
 SUMMARY_ENV = "PLANTLIB_SUMMARY_FILE"
 PAPERMILL_HEADER = "# Parameters"
+# What papermill may inject for each declared type ('' and None both mean "not set" for text).
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str, type(None)),
+}
+LIST_PARAMETERS = {"backbones": "backbone"}  # comma-separated values of a RunConfig field
 
 
 def is_interactive() -> bool:
@@ -66,6 +75,41 @@ def parameters(namespace: dict[str, Any], notebook: str) -> dict[str, Any]:
             f"valid: {', '.join(declared)}"
         )
     return {name: namespace[name] for name in declared if name in namespace}
+
+
+def check_parameters(notebook: str, values: dict[str, Any]) -> None:
+    """Fail on a value `notebook` would refuse, before it runs: its declared types, then the RunConfig it builds.
+
+    Every parameter that is a RunConfig field is validated together with the notebook's other defaults, and a
+    list parameter (`backbones`) item by item, so `epochs=abc`, `epochs=-3` or `backbone=nope` fail at once.
+    """
+    declared = declared_parameters(notebook)
+    for name, value in values.items():
+        kind = declared[name]["inferred_type_name"] if name in declared else None
+        allowed = _PARAMETER_TYPES.get(kind or "")
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and kind != "bool")):
+            raise ConfigError(
+                f"{notebook}: parameter {name}={value!r} has type {type(value).__name__}; expected {kind} "
+                f"({declared[name]['help']})"
+            )
+    merged = {**_defaults(declared), **values}
+    try:
+        run_config(merged)
+        for name, field in LIST_PARAMETERS.items():
+            for item in str(merged.get(name) or "").split(","):
+                if item.strip():
+                    run_config(merged, **{field: item.strip()})
+    except ConfigError as error:
+        raise ConfigError(f"{notebook}: {error}") from error
+
+
+def _defaults(declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The default values written in a parameters cell (papermill gives their source text)."""
+    defaults = {}
+    for name, spec in declared.items():
+        with contextlib.suppress(ValueError, SyntaxError):
+            defaults[name] = ast.literal_eval(spec["default"])
+    return defaults
 
 
 def run_config(params: dict[str, Any], **overrides: Any) -> RunConfig:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from plantlib.data.images import ImageDecodeError, load_rgb
+from plantlib.data.names import file_in
 from plantlib.evaluate import arrays_from_predictions, check_predictions_frame, class_columns, misclassified
 from plantlib.io import atomic_write
 
@@ -62,9 +63,8 @@ def draw_image_tile(ax: Axes, path: Path, max_pixels: int = _THUMBNAIL_PIXELS) -
 
 
 def resolve_path(path: str | Path, root: Path | None) -> Path:
-    """`path` as it is when absolute (or without a root), else relative to `root`."""
-    path = Path(path)
-    return path if root is None or path.is_absolute() else Path(root) / path
+    """`path` as it is when absolute (or without a root), else relative to `root`; escaped names made exact."""
+    return file_in(root, path)
 
 
 def _tile_grid(n: int, ncols: int, size: float, titled: bool) -> tuple[Figure, list[Axes]]:

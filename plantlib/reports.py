@@ -1,51 +1,36 @@
-"""Run the numbered notebooks headlessly with papermill, export static HTML, and write an index page.
+"""Run the numbered notebooks headlessly with papermill, export static HTML, and keep the index page current.
 
 Reports must read well offline: figures are inline PNGs, no widget is needed to see a result, and no script
-is fetched from a CDN.
+is fetched from a CDN. Every invocation runs in its own folder (see `plantlib.report_index`): notebooks hand
+results to the next one only through that folder's summaries.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.io import write_text
-from plantlib.notebook import SUMMARY_ENV, declared_parameters, notebook_paths
+from plantlib.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 from plantlib.paths import notebooks_dir, reports_dir
 from plantlib.progress import HEADLESS_ENV
+from plantlib.report_index import Invocation, NotebookRun, start_invocation
 
 NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
 PROJECT_KERNEL = "plantlib"
 REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
 
 
-@dataclass
-class NotebookRun:
-    """The outcome of one executed notebook, as the index page shows it."""
-
-    name: str
-    status: str  # "ok", "failed" or "not run"
-    ipynb: Path | None = None
-    html: Path | None = None
-    started: str = ""
-    seconds: float = 0.0
-    summary: str = ""
-    values: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
 def current_report_dir() -> Path:
-    """Where the running report writes (set for its kernels by the runner), else artifacts/reports."""
+    """The folder of the running report invocation (set for its kernels by the runner), else artifacts/reports."""
     return Path(os.environ.get(REPORT_DIR_ENV) or reports_dir())
 
 
@@ -84,6 +69,13 @@ def plan_parameters(user: dict[str, Any] | None, fast: bool = False) -> dict[str
             if "fast" in declared[name]:
                 plan[name]["fast"] = True
     return plan
+
+
+def check_plan(plan: dict[str, dict[str, Any]]) -> None:
+    """Validate every notebook's values as the notebook itself would, so a bad value fails before anything runs."""
+    for name, values in plan.items():
+        if values:
+            check_parameters(name, values)
 
 
 @contextlib.contextmanager
@@ -148,7 +140,7 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
                 log_output=False,
             )
     except PapermillExecutionError as error:
-        run.status = "failed"
+        run.status = "interrupted" if error.ename == "KeyboardInterrupt" else "failed"
         run.error = f"cell {error.cell_index} (In [{error.exec_count}]): {error.ename}: {error.evalue}"
     finally:
         if partial.is_file():
@@ -184,69 +176,49 @@ def run_reports(
     out_dir: Path | None = None,
     only: list[str] | None = None,
 ) -> list[NotebookRun]:
-    """Run the notebooks in order, export each, write `index.html`; stop at the first failure."""
-    out_dir = Path(out_dir or reports_dir())
-    plan = plan_parameters(parameters, fast)
-    chosen = only or list(NOTEBOOKS)
-    unknown = sorted(set(chosen) - set(NOTEBOOKS))
+    """Run the notebooks in order in a new report folder under `out_dir`; stop at the first failure.
+
+    Every parameter is validated before the first notebook starts. The index is rewritten as each notebook
+    starts and ends; a report that runs to its end is published (its pages copied beside `index.html`), an
+    interrupted one is only listed as interrupted.
+    """
+    root = Path(out_dir or reports_dir())
+    unknown = sorted(set(only or []) - set(NOTEBOOKS))
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
-    runs: list[NotebookRun] = []
-    failed = False
-    for name in NOTEBOOKS:
-        if name not in chosen:
-            continue
-        if failed:
-            runs.append(NotebookRun(name=name, status="not run", error="an earlier notebook failed"))
+    plan = plan_parameters(parameters, fast)
+    check_plan(plan)
+    chosen = [name for name in NOTEBOOKS if name in (only or NOTEBOOKS)]
+    invocation = start_invocation(root, chosen, parameters or {})
+    print(f"report folder: {invocation.folder}", flush=True)
+    try:
+        _run_in_order(invocation, plan)
+    except BaseException:
+        invocation.interrupted()
+        raise
+    invocation.completed()
+    return invocation.notebooks
+
+
+def _run_in_order(invocation: Invocation, plan: dict[str, dict[str, Any]]) -> None:
+    runs = invocation.notebooks
+    for index, name in enumerate(run.name for run in list(runs)):
+        if any(run.status == "failed" for run in runs[:index]):
+            runs[index] = NotebookRun(name=name, status="not run", error="an earlier notebook failed")
             continue
         params = dict(plan[name])
         trained = next((r.values.get("run_dir") for r in runs if r.name == "02_train" and r.status == "ok"), None)
         if name == "03_evaluate" and trained and "run_dir" not in params:
-            params["run_dir"] = trained  # evaluate the run this report just trained
+            params["run_dir"] = trained  # evaluate the run this report just trained, never another report's
+        output = invocation.folder / f"{name}.ipynb"
+        runs[index] = NotebookRun(name=name, status="running", ipynb=output, started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        invocation.save()
         print(f"running {name} …", flush=True)
-        run = run_notebook(name, out_dir / f"{name}.ipynb", params)
+        runs[index] = run = run_notebook(name, output, params)
         print(f"  {run.status} in {run.seconds:.0f}s" + (f": {run.summary}" if run.summary else ""), flush=True)
-        runs.append(run)
-        failed = run.status == "failed"
-    write_index(runs, out_dir)
-    return runs
-
-
-def write_index(runs: list[NotebookRun], out_dir: Path) -> Path:
-    """`index.html`: a link to each report, its status, one-line summary, start time and duration."""
-    rows = []
-    for run in runs:
-        link = (
-            f'<a href="{html.escape(run.html.name)}">{html.escape(run.name)}</a>'
-            if run.html and run.html.is_file()
-            else html.escape(run.name)
-        )
-        has_ipynb = run.ipynb is not None and run.ipynb.is_file()
-        notebook_link = f' · <a href="{html.escape(run.ipynb.name)}">ipynb</a>' if has_ipynb else ""
-        text = html.escape(run.summary or run.error)
-        rows.append(
-            f'<tr class="{run.status.replace(" ", "-")}"><td>{link}{notebook_link}</td><td>{run.status}</td>'
-            f"<td>{text}</td><td>{run.started}</td><td>{run.seconds:.0f} s</td></tr>"
-        )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>plantlib reports</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ text-align: left; padding: .5rem .75rem; border-bottom: 1px solid #ddd; vertical-align: top; }}
-tr.failed td {{ background: #fdecea; }} tr.not-run td {{ color: #888; }}
-</style></head><body>
-<h1>plantlib reports</h1>
-<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}. Executed notebooks (.ipynb) are kept beside each page.</p>
-<table><thead><tr><th>report</th><th>status</th><th>summary</th><th>started</th><th>took</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table></body></html>
-"""
-    target = Path(out_dir) / "index.html"
-    write_text(target, page)
-    write_text(Path(out_dir) / "index.json", json.dumps([asdict(r) for r in runs], indent=2, default=str))
-    return target
+        invocation.save()
+        if run.status == "interrupted":  # Ctrl-C reached the kernel first
+            raise KeyboardInterrupt
 
 
 def check_all_ok(runs: list[NotebookRun]) -> None:
@@ -256,4 +228,12 @@ def check_all_ok(runs: list[NotebookRun]) -> None:
             raise PlantlibError(f"notebook {run.name} failed in {run.error}; see {run.html}")
 
 
-__all__ = ["NOTEBOOKS", "NotebookRun", "check_all_ok", "notebook_paths", "plan_parameters", "run_reports"]
+__all__ = [
+    "NOTEBOOKS",
+    "NotebookRun",
+    "check_all_ok",
+    "check_plan",
+    "notebook_paths",
+    "plan_parameters",
+    "run_reports",
+]

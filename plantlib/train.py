@@ -7,6 +7,7 @@ tracking or tuning: it calls `Callback` hooks, so many Trainers can run one afte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from plantlib.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointErro
 from plantlib.config import RunConfig
 from plantlib.data import DecodedImageCache, PreparedData
 from plantlib.distributed import barrier, per_rank_batch_size
-from plantlib.errors import PlantlibError
+from plantlib.errors import DiskFullError, PlantlibError
 from plantlib.evaluate import compute_metrics, predictions_frame, save_evaluation, softmax_probabilities
 from plantlib.io import write_json
 from plantlib.loop import loss_and_accuracy, set_training_mode, split_logits, train_one_epoch
@@ -379,10 +380,11 @@ class Trainer:
             status = error.status
         else:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        self._write_info(status)
-        if isinstance(error, KeyboardInterrupt):
+        with contextlib.suppress(DiskFullError):  # on a full disk run.json may not be writable either
+            self._write_info(status)
+        if isinstance(error, (KeyboardInterrupt, DiskFullError)):
             saved = f"last.pt holds epoch {self.saved_epoch}" if self.saved_epoch else "no epoch was saved yet"
-            self.log(f"\ninterrupted; {saved}. Resume with: plantlib train --resume {self.run_dir}")
+            self.log(f"\n{status}; {saved}. Resume with: plantlib train --resume {self.run_dir}")
         for callback in self.callbacks:
             callback.on_fit_failed(self, status)
 

@@ -18,11 +18,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from plantlib.data.images import load_rgb
 from plantlib.data.scan import DataWarning
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
+# Longer side over shorter side kept of a decoded image. Beyond about 2.2:1 the training crop falls back to the
+# centre and evaluation crops the centre too, so the rest is never seen; a 65535 x 1 strip would otherwise
+# grow to gigabytes when its shorter side is resized to the input size.
+MAX_ASPECT_RATIO = 3.0
+
+
+def central_part(image: Image.Image, max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """The centre of `image`, cut to at most `max_aspect`:1 (the part the transforms can use), else `image`."""
+    width, height = image.size
+    if width > max_aspect * height:
+        keep = max(1, round(height * max_aspect))
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > max_aspect * width:
+        keep = max(1, round(width * max_aspect))
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
 
 
 class DiskImageStore:
@@ -156,7 +175,7 @@ class DecodedImageCache:
             self.uncached_decodes += 1
 
     def _decode(self, path: Path) -> torch.Tensor:
-        rgb, _ = load_rgb(path)
+        rgb = central_part(load_rgb(path)[0])
         shorter = min(rgb.size)
         if shorter > self.max_side:
             scale = self.max_side / shorter

@@ -41,6 +41,7 @@ def load_rgb(path: Path) -> tuple[Image.Image, dict[str, object]]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                _check_pixel_count(opened)
                 opened.load()  # decode every pixel now: a truncated file fails here, not mid-epoch
                 facts: dict[str, object] = {"format": opened.format or "", "mode": opened.mode}
                 image = ImageOps.exif_transpose(opened)
@@ -55,8 +56,24 @@ def load_rgb(path: Path) -> tuple[Image.Image, dict[str, object]]:
         raise ImageDecodeError("permission denied: make the file readable") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"truncated or corrupt image data: {error}") from error
+    except Exception as error:  # a decoder's other failures on mangled data (EOFError, struct.error, ...)
+        raise ImageDecodeError(f"corrupt image data: {error.__class__.__name__}: {error}") from error
     facts["width"], facts["height"] = rgb.size
     return rgb, facts
+
+
+def _check_pixel_count(image: Image.Image) -> None:
+    """Refuse a header that claims more pixels than Pillow's limit before decoding them.
+
+    Pillow only warns below twice its limit, and turning that warning into an error is not thread-safe (scans
+    decode in threads); checking the size here bounds every decode's time and memory.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit and pixels > limit:
+        raise Image.DecompressionBombError(
+            f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack."
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,17 @@ import pandas as pd
 from plantlib.config import RunConfig
 from plantlib.data.duplicates import DuplicateReport, find_duplicates
 from plantlib.data.fetch import dataset_is_complete, fetch_dataset
-from plantlib.data.scan import ScanResult, scan_dataset
-from plantlib.data.split import check_split_matches, default_split_file, load_split, make_split, save_split
+from plantlib.data.names import file_in
+from plantlib.data.scan import DataWarning, ScanResult, scan_dataset
+from plantlib.data.split import (
+    MIN_IMAGES_PER_CLASS,
+    check_split_matches,
+    classes_missing_from_splits,
+    default_split_file,
+    load_split,
+    make_split,
+    save_split,
+)
 from plantlib.io import write_json
 from plantlib.paths import builtin_data_dir, data_root
 
@@ -33,7 +43,7 @@ class PreparedData:
     def frame(self, split: str) -> pd.DataFrame:
         """Rows of one split (`train`, `val` or `test`) with absolute paths and label indices."""
         rows = self.split[self.split["split"] == split].copy()
-        rows["file"] = [self.data_dir / p for p in rows["path"]]
+        rows["file"] = [file_in(self.data_dir, p) for p in rows["path"]]
         rows["target"] = rows["label"].map({c: i for i, c in enumerate(self.classes)})
         return rows.reset_index(drop=True)
 
@@ -75,6 +85,7 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     else:
         split = load_split(split_file)
         check_split_matches(split, images, split_file)
+    warn_about_missing_classes(split, split_file, is_new)
     prepared = PreparedData(
         data_dir=data_dir,
         classes=scan.classes,
@@ -87,6 +98,26 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     )
     write_json(prepared.report_file, data_report(prepared))
     return prepared
+
+
+def warn_about_missing_classes(split: pd.DataFrame, split_file: Path, is_new: bool) -> None:
+    """Say loudly when a class has no validation or test image: its accuracy would silently go unmeasured."""
+    missing = classes_missing_from_splits(split)
+    if not missing:
+        return
+    counts = split["label"].value_counts()
+    listed = "; ".join(f"{label} ({counts[label]} images): none in {' or '.join(s)}" for label, s in missing.items())
+    fix = (
+        f"add images (a class needs {MIN_IMAGES_PER_CLASS} or more that are not near-duplicates of each other)"
+        if is_new
+        else f"make a new split (--new-split / new_split=True): {split_file} was made before classes were "
+        "guaranteed one image per split, or add images"
+    )
+    warnings.warn(
+        f"class(es) missing from a split, so validation and test metrics leave them out: {listed}. To fix, {fix}",
+        DataWarning,
+        stacklevel=3,
+    )
 
 
 def data_report(prepared: PreparedData) -> dict[str, Any]:
@@ -109,4 +140,5 @@ def data_report(prepared: PreparedData) -> dict[str, Any]:
             for s in ("train", "val", "test")
         },
         "groups_crossing_splits": crossing,
+        "classes_missing_from_splits": classes_missing_from_splits(split),
     }

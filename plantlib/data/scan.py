@@ -19,6 +19,7 @@ import pandas as pd
 
 from plantlib.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_rgb
 from plantlib.data.manifest import sha256_of
+from plantlib.data.names import as_text
 from plantlib.errors import DataError
 from plantlib.io import write_json
 from plantlib.paths import cache_dir as default_cache_dir
@@ -35,7 +36,7 @@ class DataWarning(UserWarning):
 class ImageRecord:
     """What the scan learnt about one file; `ok` False means it is skipped for `reason`."""
 
-    path: str  # relative to the data folder, with forward slashes
+    path: str  # relative to the data folder, with forward slashes (`names.as_text`: bytes that are not UTF-8 escaped)
     label: str
     ok: bool
     reason: str = ""
@@ -83,29 +84,36 @@ def check_data_dir(data_dir: Path) -> list[Path]:
     return class_dirs
 
 
+def relative_name(path: Path, data_dir: Path) -> str:
+    """How tables name a file: relative to the data folder, forward slashes, as valid text (`names.as_text`)."""
+    return as_text(path.relative_to(data_dir).as_posix())
+
+
 def _candidates(data_dir: Path, class_dirs: list[Path]) -> tuple[list[tuple[Path, str]], list[ImageRecord]]:
     """Image-named files per class, and records for everything else found (skipped, with why)."""
     images: list[tuple[Path, str]] = []
     ignored: list[ImageRecord] = []
     for class_dir in class_dirs:
+        label = as_text(class_dir.name)
         for path in sorted(class_dir.rglob("*")):
             if path.is_dir():
                 continue
-            rel = path.relative_to(data_dir).as_posix()
+            rel = relative_name(path, data_dir)
             if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
-                ignored.append(ImageRecord(rel, class_dir.name, False, "hidden file"))
+                ignored.append(ImageRecord(rel, label, False, "hidden file"))
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(ImageRecord(rel, class_dir.name, False, f"not an image file name ({path.suffix})"))
+                suffix = as_text(path.suffix)
+                ignored.append(ImageRecord(rel, label, False, f"not an image file name ({suffix})"))
             else:
-                images.append((path, class_dir.name))
+                images.append((path, label))
     for path in sorted(data_dir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            ignored.append(ImageRecord(path.name, "", False, "not inside a class folder"))
+            ignored.append(ImageRecord(as_text(path.name), "", False, "not inside a class folder"))
     return images, ignored
 
 
 def _inspect(path: Path, label: str, data_dir: Path) -> ImageRecord:
-    rel = path.relative_to(data_dir).as_posix()
+    rel = relative_name(path, data_dir)
     try:
         rgb, facts = load_rgb(path)
         return ImageRecord(
@@ -133,7 +141,7 @@ def _stamp(path: Path) -> list[int] | None:
 
 
 def cache_file_for(data_dir: Path, cache_dir: Path | None = None) -> Path:
-    key = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    key = hashlib.sha1(os.fsencode(Path(data_dir).resolve())).hexdigest()[:12]  # any name the disk allows
     return Path(cache_dir or default_cache_dir()) / f"scan-{Path(data_dir).name}-{key}.json"
 
 
@@ -162,7 +170,7 @@ def scan_dataset(
     todo: list[tuple[Path, str]] = []
     stamps: dict[str, list[int] | None] = {}
     for path, label in candidates:
-        rel = path.relative_to(data_dir).as_posix()
+        rel = relative_name(path, data_dir)
         stamps[rel] = _stamp(path)
         entry = cached.get(rel)
         if entry and stamps[rel] is not None and entry["stamp"] == stamps[rel] and entry["record"]["label"] == label:
@@ -193,7 +201,7 @@ def scan_dataset(
     frame = pd.DataFrame([asdict(r) for r in all_records], columns=list(ImageRecord.__dataclass_fields__))
     usable = frame[frame["ok"]]
     classes = sorted(usable["label"].unique().tolist())
-    empty = sorted({p.name for p in class_dirs} - set(classes))
+    empty = sorted({as_text(p.name) for p in class_dirs} - set(classes))
     _warn_about(frame, empty, data_dir)
     if len(classes) < 2:
         raise DataError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from plantlib.paths import project_root, splits_dir
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "label", "split", "group")
+MIN_IMAGES_PER_CLASS = len(SPLITS)  # one for each split: fewer, and a class cannot be validated and tested
 
 
 def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_fraction: float) -> Path:
@@ -23,15 +25,23 @@ def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_frac
         where = data_dir.relative_to(project_root()).as_posix()
     except ValueError:
         where = str(data_dir)
-    key = hashlib.sha1(where.encode()).hexdigest()[:6]
+    key = hashlib.sha1(os.fsencode(where)).hexdigest()[:6]  # the bytes of the name, valid UTF-8 or not
     train = 1 - val_fraction - test_fraction
     shares = "-".join(f"{round(f * 100):g}" for f in (train, val_fraction, test_fraction))
     return splits_dir() / f"{data_dir.name}-{key}-seed{seed}-{shares}.csv"
 
 
 def _targets(count: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Images of one class per split; rounding never leaves a class of 3 or more out of a split."""
     val = round(count * val_fraction)
     test = round(count * test_fraction)
+    if count >= MIN_IMAGES_PER_CLASS:
+        val, test = max(val, 1), max(test, 1)
+        while count - val - test < 1:  # keep one image to train on
+            if val >= test:
+                val -= 1
+            else:
+                test -= 1
     return {"train": count - val - test, "val": val, "test": test}
 
 
@@ -75,7 +85,8 @@ def save_split(split: pd.DataFrame, path: Path) -> None:
 def load_split(path: Path) -> pd.DataFrame:
     path = Path(path)
     try:
-        split = pd.read_csv(path, dtype={"path": str, "label": str, "split": str})
+        # A class or file named "NA" or "null" is a name, not a missing value.
+        split = pd.read_csv(path, dtype={"path": str, "label": str, "split": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"split file {path} cannot be read ({error}); delete it or pass new_split=True") from error
     missing = set(SPLIT_COLUMNS) - set(split.columns)
@@ -101,6 +112,13 @@ def check_split_matches(split: pd.DataFrame, images: pd.DataFrame, path: Path) -
         f"or unusable, {len(new)} images are new, e.g. {example}); make a new split with new_split=True "
         "(CLI: --new-split) or restore the images"
     )
+
+
+def classes_missing_from_splits(split: pd.DataFrame) -> dict[str, list[str]]:
+    """Per class that lacks some split, the splits that hold none of its images (e.g. {"rare": ["val", "test"]})."""
+    present = set(zip(split["label"], split["split"], strict=True))
+    missing = {label: [s for s in SPLITS if (label, s) not in present] for label in sorted(set(split["label"]))}
+    return {label: splits for label, splits in missing.items() if splits}
 
 
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
