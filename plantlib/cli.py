@@ -56,12 +56,12 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from plantlib.distributed import launched_by_torchrun, shutdown
     from plantlib.evaluate import format_metrics
-    from plantlib.train import Trainer
+    from plantlib.train import Trainer, resumable_config
 
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume and overrides:
         raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
-    config = None if args.resume else _config_from_args(args)
+    config = resumable_config(args.resume) if args.resume else _config_from_args(args)
     if args.nproc > 1 and not launched_by_torchrun():
         from plantlib.launch import run_torchrun, start_run
 
@@ -69,8 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from plantlib.experiments import tracking_callbacks
 
-    saved = config or RunConfig.from_json(Path(args.resume) / "config.json")
-    callbacks = tracking_callbacks(saved)
+    callbacks = tracking_callbacks(config)
     trainer = Trainer.resume(args.resume, callbacks) if args.resume else Trainer(config, callbacks=callbacks)
     try:
         result = trainer.fit()

@@ -333,11 +333,7 @@ class Trainer:
     ) -> Trainer:
         """A Trainer that continues `run_dir` from its `last.pt` (from epoch 1 when no epoch was saved yet)."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise PlantlibError(f"cannot resume {run_dir}: it is not a run directory (no config.json)")
-        if read_run_info(run_dir).get("status") == "finished":
-            raise PlantlibError(f"run {run_dir} has already finished; start a new run instead of --resume")
-        config = RunConfig.from_json(run_dir / "config.json")
+        config = resumable_config(run_dir)
         trainer = cls(config, data, run_dir, callbacks, show_progress, image_cache)
         if not (run_dir / LAST_CHECKPOINT).is_file():
             if read_run_info(run_dir):  # it started before (a run made by the launcher has no run.json yet)
@@ -408,6 +404,16 @@ class Trainer:
             info["test"] = {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "ece", "n") if k in metrics}
             info["test"]["ci95"] = metrics.get("ci95")
         write_run_info(self.run_dir, info)
+
+
+def resumable_config(run_dir: Path) -> RunConfig:
+    """The saved config of a run that can be resumed; a clear error for anything else."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise PlantlibError(f"cannot resume {run_dir}: it is not a run directory (no config.json)")
+    if read_run_info(run_dir).get("status") == "finished":
+        raise PlantlibError(f"run {run_dir} has already finished; start a new run instead of --resume")
+    return RunConfig.from_json(run_dir / "config.json")
 
 
 def train(config: RunConfig, callbacks: Sequence[CallbackLike] = (), show_progress: bool = True) -> TrainingResult:
