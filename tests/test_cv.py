@@ -23,6 +23,7 @@ from plantlib.experiments.compare import (
     summary_table,
 )
 from plantlib.experiments.cv import assign_folds, cross_validate, fold_split
+from plantlib.inference import evaluate_split, load_model
 from plantlib.train import Callback
 from tests.conftest import pattern_image, run_cli, tiny_config, write_dataset
 
@@ -103,6 +104,11 @@ def test_cross_validation_predicts_every_pool_image_once_and_resumes(tmp_path: P
     summary = json.loads((result.cv_dir / "cv.json").read_text())
     assert summary["status"] == "finished" and summary["pooled"]["n"] == len(split)
     assert summary["per_fold"]["accuracy"]["mean"] == pytest.approx(result.folds["accuracy"].mean())
+
+    fold_run = Path(result.folds["run_dir"][0])  # a fold's run works like any run: its split file is complete
+    metrics, _ = evaluate_split(load_model(fold_run, engine="torch"), "test", save=False)
+    assert metrics["n"] == int(result.folds["n"][0]) == int((oof["fold"] == 0).sum())
+    assert set(pd.read_csv(fold_run / "split.csv").query("split == 'excluded'")["path"]) == test_images
 
     again = cross_validate(config, cv_dir=result.cv_dir, callbacks=[counter], show_progress=False)
     assert counter.fits == 3  # finished folds are reused, not trained again

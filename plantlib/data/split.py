@@ -14,6 +14,7 @@ from plantlib.io import atomic_write
 from plantlib.paths import project_root, splits_dir
 
 SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"  # in a split file: an image this split leaves out (e.g. the outer test set of a CV fold)
 SPLIT_COLUMNS = ("path", "label", "split", "group")
 MIN_IMAGES_PER_CLASS = len(SPLITS)  # one for each split: fewer, and a class cannot be validated and tested
 
@@ -90,7 +91,7 @@ def load_split(path: Path) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"split file {path} cannot be read ({error}); delete it or pass new_split=True") from error
     missing = set(SPLIT_COLUMNS) - set(split.columns)
-    bad = set(split.get("split", pd.Series(dtype=str)).unique()) - set(SPLITS)
+    bad = set(split.get("split", pd.Series(dtype=str)).unique()) - {*SPLITS, EXCLUDED}
     if missing or bad:
         raise DataError(
             f"split file {path} is not a plantlib split (missing columns {sorted(missing)}, unknown splits "
@@ -124,5 +125,5 @@ def classes_missing_from_splits(split: pd.DataFrame) -> dict[str, list[str]]:
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     """Images per split and class, with totals: the table notebooks and reports show."""
     table = pd.crosstab(split["split"], split["label"], margins=True, margins_name="total")
-    order = [s for s in (*SPLITS, "total") if s in table.index]
+    order = [s for s in (*SPLITS, EXCLUDED, "total") if s in table.index]
     return table.loc[order]

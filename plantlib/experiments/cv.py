@@ -24,7 +24,7 @@ from plantlib.build import build_image_cache
 from plantlib.checkpoint import LAST_CHECKPOINT
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
-from plantlib.data.split import save_split
+from plantlib.data.split import EXCLUDED, save_split
 from plantlib.errors import ConfigError
 from plantlib.evaluate import compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
@@ -68,8 +68,19 @@ def assign_folds(pool: pd.DataFrame, folds: int, repeats: int, split_seed: int) 
     return assigned
 
 
-def fold_split(assigned: pd.DataFrame, repeat: int, fold: int, val_fraction: float, split_seed: int) -> pd.DataFrame:
-    """A split frame for one fold: held-out images as "test", the early-stopping "val" carved out of the rest."""
+def fold_split(
+    assigned: pd.DataFrame,
+    repeat: int,
+    fold: int,
+    val_fraction: float,
+    split_seed: int,
+    outside: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """A split frame for one fold: held-out images as "test", the early-stopping "val" carved out of the rest.
+
+    `outside` (path, label, group) are the images not in the pool, e.g. the untouched test split: they are
+    listed as "excluded", so the fold's split file still describes every image of the folder.
+    """
     column = assigned[f"fold_r{repeat}"]
     held_out = column == fold
     rest = assigned[~held_out].reset_index(drop=True)
@@ -81,7 +92,8 @@ def fold_split(assigned: pd.DataFrame, repeat: int, fold: int, val_fraction: flo
     split[val_index] = "val"
     rest = rest.assign(split=split)
     test = assigned[held_out].assign(split="test")
-    frame = pd.concat([rest, test], ignore_index=True)[["path", "label", "split", "group"]]
+    parts = [rest, test] + ([outside.assign(split=EXCLUDED)] if outside is not None and len(outside) else [])
+    frame = pd.concat(parts, ignore_index=True)[["path", "label", "split", "group"]]
     return frame.sort_values(["split", "label", "path"]).reset_index(drop=True)
 
 
@@ -116,6 +128,7 @@ def cross_validate(
         folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
     data = prepare_data(config, show_progress=show_progress)
     assigned = assign_folds(cv_pool(data, include_test), folds, repeats, config.effective_split_seed)
+    outside = data.split.loc[~data.split["path"].isin(assigned["path"]), ["path", "label", "group"]]
     cv_dir = Path(cv_dir) if cv_dir is not None else new_cv_dir(config, folds)
     cv_dir.mkdir(parents=True, exist_ok=True)
     settings = {"folds": folds, "repeats": repeats, "include_test": include_test, "pool_size": len(assigned)}
@@ -127,7 +140,7 @@ def cross_validate(
         fold_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
         for repeat in range(repeats):
             for fold in range(folds):
-                split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed)
+                split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed, outside)
                 run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
                 rows.append(
                     _run_fold(fold_config, data, split, run_dir, cache, callbacks, show_progress)
