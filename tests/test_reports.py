@@ -114,7 +114,8 @@ def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report
     [comparison] = [run for run in runs if run.info.run_name.startswith("compare-")]
     [cv] = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == comparison.info.run_id]
     folds = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == cv.info.run_id]
-    assert cv.data.params["backbone"] == "efficientnet_lite0" and cv.data.params["folds"] == "3"
+    assert cv.data.params["backbone"] == cv.data.tags["backbone"] == "efficientnet_lite0"
+    assert cv.data.params["folds"] == "3"
     assert [run.data.tags["backbone"] for run in folds] == ["efficientnet_lite0"] * 3
     assert cv.data.metrics["cv_n"] == sum(run.data.metrics["test_n"] for run in folds)  # pooled over the folds
     assert comparison.info.status == cv.info.status == "FINISHED"

@@ -136,7 +136,8 @@ def cross_validate(
     atomic_write(cv_dir / "folds.csv", lambda handle: assigned.to_csv(handle, index=False, lineterminator="\n"))
     cache = build_image_cache(config)
     rows = []
-    with ParentRun(config, cv_dir.name, {**settings, "backbone": config.backbone}) as group:
+    tags = {"backbone": config.backbone}
+    with ParentRun(config, cv_dir.name, {**settings, **tags}, tags) as group:
         fold_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
         for repeat in range(repeats):
             for fold in range(folds):

@@ -387,7 +387,13 @@ class ParentRun:
     store cannot be reached, `run_id` is None and everything else is a no-op (with one warning).
     """
 
-    def __init__(self, config: RunConfig, name: str, params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self.run_id: str | None = None
         self.client: Any = None
         if not tracking_wanted(config):
@@ -401,6 +407,7 @@ class ParentRun:
                 run_name=name,
                 tags={
                     "kind": "group",
+                    **(tags or {}),
                     **({"mlflow.parentRunId": config.tracking_parent} if config.tracking_parent else {}),
                 },
             )
