@@ -31,6 +31,13 @@ def real_mirror() -> Path | None:
 REQUIRE_ALL = os.environ.get("PLANTLIB_REQUIRE_ALL") == "1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """No test records runs in a tracking store unless it starts its own (module fixtures run before the
+    per-test isolation below, so this is set for the whole session)."""
+    os.environ["PLANTLIB_TRACKING"] = "off"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def needs(available: bool, reason: str) -> pytest.MarkDecorator:
     """Skip when `available` is false, except under PLANTLIB_REQUIRE_ALL=1, where the test fails instead."""
     if available or not REQUIRE_ALL:
