@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -27,6 +28,7 @@ from plantlib.report_index import Invocation, NotebookRun, start_invocation
 NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
 PROJECT_KERNEL = "plantlib"
 REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
+KERNEL_START_ATTEMPTS = 3  # a kernel that dies before its first reply is started again
 
 
 def current_report_dir() -> Path:
@@ -130,15 +132,24 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
     began = time.perf_counter()
     try:
         with _kernel_environment(summary_file), _stderr_to(output.with_suffix(".kernel.log")):
-            papermill.execute_notebook(
-                str(notebooks_dir() / f"{name}.ipynb"),
-                str(partial),
-                parameters=parameters or {},
-                kernel_name=kernel_name(),
-                cwd=str(notebooks_dir()),
-                progress_bar=False,
-                log_output=False,
-            )
+            for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+                try:
+                    papermill.execute_notebook(
+                        str(notebooks_dir() / f"{name}.ipynb"),
+                        str(partial),
+                        parameters=parameters or {},
+                        kernel_name=kernel_name(),
+                        cwd=str(notebooks_dir()),
+                        progress_bar=False,
+                        log_output=False,
+                    )
+                    break
+                except RuntimeError as error:
+                    # Kernels started at the same moment by two reports can pick the same free ports; the loser
+                    # dies before it runs a cell, so starting it again is safe.
+                    if "Kernel died before replying" not in str(error) or attempt == KERNEL_START_ATTEMPTS:
+                        raise
+                    time.sleep(random.uniform(0.5, 2.0))
     except PapermillExecutionError as error:
         run.status = "interrupted" if error.ename == "KeyboardInterrupt" else "failed"
         run.error = f"cell {error.cell_index} (In [{error.exec_count}]): {error.ename}: {error.evalue}"
