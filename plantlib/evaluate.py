@@ -330,20 +330,22 @@ def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: s
     return paths
 
 
-def _interval(metrics: dict, key: str) -> list[float] | None:
+def interval(metrics: dict, key: str) -> list[float] | None:
+    """The 95% CI of `key` recorded in `metrics` ("accuracy", "f1_macro"), or None."""
     ci = (metrics.get("ci95") or {}).get(key)
     return list(ci) if ci is not None else None
 
 
-def _with_ci(value: float, ci: list[float] | None) -> str:
+def with_ci(value: float, ci: list[float] | None) -> str:
+    """ "0.933 (95% CI 0.867–0.983)", or the value alone without an interval."""
     return f"{value:.3f}" if ci is None else f"{value:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
 
 
 def format_metrics(metrics: dict) -> str:
     """A headline line plus sklearn's classification report, for printing in a terminal or log."""
     parts = [
-        f"accuracy {_with_ci(metrics['accuracy'], _interval(metrics, 'accuracy'))}",
-        f"F1 {_with_ci(metrics['f1'], _interval(metrics, 'f1_macro'))}",
+        f"accuracy {with_ci(metrics['accuracy'], interval(metrics, 'accuracy'))}",
+        f"F1 {with_ci(metrics['f1'], interval(metrics, 'f1_macro'))}",
     ]
     if metrics.get("roc_auc") is not None:
         parts.append(f"ROC AUC {metrics['roc_auc']:.3f}")
@@ -376,7 +378,7 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
         ("log_loss", "log_loss", None),
     ):
         value = metrics.get(key)
-        ci = _interval(metrics, ci_key) if ci_key else None
+        ci = interval(metrics, ci_key) if ci_key else None
         rows.append(
             {
                 "metric": metric,

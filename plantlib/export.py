@@ -20,7 +20,7 @@ from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
 from plantlib.data.dataset import Normalization, resize_side
 from plantlib.engine import export_onnx_graph
 from plantlib.errors import PlantlibError
-from plantlib.evaluate import misclassified
+from plantlib.evaluate import interval, misclassified, with_ci
 from plantlib.inference import LoadedModel, load_model
 from plantlib.io import atomic_path, write_text
 from plantlib.runs import read_run_info
@@ -65,12 +65,9 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
     return Path(path)
 
 
-def _with_ci(metrics: dict[str, Any], key: str, ci_key: str) -> str:
+def _score(metrics: dict[str, Any], key: str, ci_key: str) -> str:
     value = metrics.get(key)
-    if value is None:
-        return "n/a"
-    bounds = (metrics.get("ci95") or {}).get(ci_key)
-    return f"{value:.3f} (95% CI {bounds[0]:.3f}–{bounds[1]:.3f})" if bounds else f"{value:.3f}"
+    return "n/a" if value is None else with_ci(value, interval(metrics, ci_key))
 
 
 def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
@@ -106,8 +103,8 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
         f"{info.get('device', '?')}. Full config: config.json.",
         "",
         f"## Test metrics (n = {metrics.get('n')})",
-        f"- Accuracy {_with_ci(metrics, 'accuracy', 'accuracy')}",
-        f"- Macro F1 {_with_ci(metrics, 'f1', 'f1_macro')}",
+        f"- Accuracy {_score(metrics, 'accuracy', 'accuracy')}",
+        f"- Macro F1 {_score(metrics, 'f1', 'f1_macro')}",
         f"- ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "- ROC AUC n/a",
         f"- Calibration: ECE {metrics.get('ece', float('nan')):.3f}, "
         f"log loss {metrics.get('log_loss', float('nan')):.3f}",

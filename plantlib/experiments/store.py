@@ -26,6 +26,7 @@ from plantlib.experiments.tracking import (
     epoch_metrics,
     experiment_id,
     flatten_config,
+    log_params,
     read_tracking_file,
     resolve_tracking_uri,
     run_summary_metrics,
@@ -88,12 +89,10 @@ def sync_run_dir(run_dir: Path, tracking_uri: str | None = None) -> str:
 
 
 def _log_missing(client: Any, run_id: str, run_dir: Path, config: RunConfig, info: dict[str, Any]) -> None:
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     data = client.get_run(run_id).data
-    params = [Param(k, v) for k, v in flatten_config(config.to_dict()).items() if k not in data.params]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start : start + 100], synchronous=True)
+    log_params(client, run_id, {k: v for k, v in flatten_config(config.to_dict()).items() if k not in data.params})
     history_file, metrics_file = run_dir / "history.json", run_dir / "metrics.json"
     history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
     wanted: list[tuple[str, float, int]] = [

@@ -258,13 +258,11 @@ class MlflowTracking(Callback):
         self.client: Any = None
         self.worker: _Worker | None = None
         self.run_dir: Path | None = None
-        self.startup_s = 0.0  # time this callback kept the training thread at start (benchmarks read it)
 
     # -- hooks (training thread) -----------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main_process:
             return
-        started = time.perf_counter()
         self.run_dir = trainer.run_dir
         previous = read_tracking_file(trainer.run_dir)
         resume_id = previous.get("run_id") if previous.get("uri") == self.uri else None
@@ -272,7 +270,6 @@ class MlflowTracking(Callback):
         trainer.annotate(tracking={"uri": self.uri, "status": "starting", "run_id": resume_id})
         self.worker = _Worker(self._lost)
         self.worker.submit(lambda: self._start(resume_id, facts, config))
-        self.startup_s = time.perf_counter() - started
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if self.worker is not None:
@@ -329,7 +326,7 @@ class MlflowTracking(Callback):
             )
             self.run_id = run.info.run_id
             write_json(self.run_dir / TRACKING_FILE, {"uri": self.uri, "run_id": self.run_id})
-            _log_params(client, self.run_id, flatten_config(config))
+            log_params(client, self.run_id, flatten_config(config))
         self.client = client
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -358,11 +355,12 @@ class MlflowTracking(Callback):
         )
 
 
-def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    """Log parameters in batches of 100, the most MLflow takes in one call."""
     from mlflow.entities import Param
 
     items = [Param(key, value) for key, value in params.items()]
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
+    for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
@@ -413,7 +411,7 @@ class ParentRun:
             )
             self.run_id = run.info.run_id
             if params:
-                _log_params(self.client, self.run_id, {k: str(v)[:6000] for k, v in params.items()})
+                log_params(self.client, self.run_id, {k: str(v)[:6000] for k, v in params.items()})
         except Exception as error:
             warnings.warn(f"the group run {name!r} is not tracked ({error.__class__.__name__}: {error})", stacklevel=2)
             self.run_id = None
