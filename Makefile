@@ -4,24 +4,37 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plantlib-installed
-KERNEL := plantlib
 # JupyterLab refuses to run as root unless told to.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser data report test bench lint format lab ui clean
+.PHONY: help setup constraints kernel browser data report test bench lint format lab ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# The exact tested versions; `make setup CONSTRAINTS=` installs the newest versions pyproject.toml allows instead.
+CONSTRAINTS ?= constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "cannot create $(VENV): install Python's venv module (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2; \
+	  exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (plantlib)" >/dev/null
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(BIN)/plantlib kernel >/dev/null
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (idempotent)
+
+constraints: setup ## record the exact versions installed in .venv as constraints.txt
+	@{ echo "# Exact versions the test suite and the reports were last run with (Python 3.11, Linux x86_64)."; \
+	  echo "# \`make setup\` installs within them; \`make constraints\` rewrites this file from .venv."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^plantlib'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+kernel: setup ## register the project's kernel for your own JupyterLab too (~/.local/share/jupyter/kernels)
+	$(BIN)/plantlib kernel --user
 
 data: setup ## fetch the built-in dataset when missing (honours PLANTLIB_DATA_SOURCE)
 	$(BIN)/plantlib fetch-data

@@ -16,6 +16,7 @@ from typing import Any
 
 from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names
 from plantlib.errors import PlantlibError
+from plantlib.paths import use_project_tool_caches
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -239,30 +240,59 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    import yaml
+def _cmd_kernel(args: argparse.Namespace) -> int:
+    from plantlib.frontend import KERNEL_DISPLAY_NAME, install_kernel
 
+    target = install_kernel(user=args.user)
+    print(f"kernel '{KERNEL_DISPLAY_NAME}' installed in {target}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
     from plantlib.paths import reports_dir
     from plantlib.reports import check_all_ok, run_reports
+
+    parameters = report_parameters(args)
+    out_dir = args.out_dir or reports_dir()
+    runs = run_reports(parameters, fast=args.fast, out_dir=out_dir, only=args.only, no_input=args.no_input)
+    print(f"reports: {out_dir / 'index.html'}")
+    check_all_ok(runs)
+    return 0
+
+
+def report_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Report parameters in papermill's forms (-f FILE, -y YAML, -p NAME VALUE, -r NAME VALUE) and NAME=VALUE."""
+    import yaml
+
+    def mapping(text: str, source: str) -> dict[str, Any]:
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise PlantlibError(f"{source} is not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise PlantlibError(f"{source} must hold a mapping of name: value (or a section per notebook)")
+        return loaded
 
     parameters: dict[str, Any] = {}
     if args.params:
         try:
-            parameters = yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
+            text = Path(args.params).read_text(encoding="utf-8")
+        except OSError as error:
             raise PlantlibError(f"cannot read parameters file {args.params}: {error}") from error
-        if not isinstance(parameters, dict):
-            raise PlantlibError(f"parameters file {args.params} must hold a mapping of name: value")
-    for item in args.parameter or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise PlantlibError(f"-p {item!r}: write NAME=VALUE, e.g. -p epochs=3")
-        parameters[name.strip()] = yaml.safe_load(value)
-    out_dir = args.out_dir or reports_dir()
-    runs = run_reports(parameters, fast=args.fast, out_dir=out_dir, only=args.only)
-    print(f"reports: {out_dir / 'index.html'}")
-    check_all_ok(runs)
-    return 0
+        parameters.update(mapping(text, f"parameters file {args.params}"))
+    for text in args.parameters_yaml or []:
+        parameters.update(mapping(text, f"-y {text!r}"))
+    for values in args.parameter or []:
+        if len(values) == 1 and "=" in values[0]:
+            name, _, value = values[0].partition("=")
+        elif len(values) == 2:
+            name, value = values
+        else:
+            raise PlantlibError(f"-p {' '.join(values)!r}: write -p NAME VALUE (or -p NAME=VALUE), e.g. -p epochs 3")
+        parameters[name.strip()] = None if value == "None" else yaml.safe_load(value)
+    for name, value in args.raw_parameter or []:
+        parameters[name.strip()] = value
+    return parameters
 
 
 def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -417,16 +447,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tracking-uri", **tracking_uri)
     export.set_defaults(run=_cmd_export)
 
+    kernel = commands.add_parser("kernel", help="register this environment as the Jupyter kernel 'Python (plantlib)'")
+    kernel.add_argument(
+        "--user", action="store_true", help="for the user's own JupyterLab too (default: inside this environment only)"
+    )
+    kernel.set_defaults(run=_cmd_kernel)
+
     report = commands.add_parser("report", help="run the numbered notebooks with papermill and export HTML reports")
     report.add_argument("--fast", action="store_true", help="quick smoke run (each notebook's fast=True)")
-    report.add_argument("--params", help="YAML file of parameters: name: value, or a section per notebook")
+    report.add_argument(
+        "-f", "--params", help="YAML file of parameters: name: value, or a section per notebook (papermill's -f)"
+    )
+    report.add_argument(
+        "-y", "--parameters-yaml", action="append", metavar="YAML", help="parameters as a YAML string (repeatable)"
+    )
     report.add_argument(
         "-p",
         "--parameter",
         action="append",
-        metavar="NAME=VALUE",
-        help="a parameter for every notebook that declares it (repeatable)",
+        nargs="+",
+        metavar="NAME VALUE",
+        help="a parameter for every notebook that declares it: -p NAME VALUE or -p NAME=VALUE (repeatable)",
     )
+    report.add_argument(
+        "-r", "--raw-parameter", action="append", nargs=2, metavar=("NAME", "VALUE"), help="a parameter kept as text"
+    )
+    report.add_argument("--no-input", action="store_true", help="leave the code cells out of the HTML reports")
     report.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 01_explore")
     report.add_argument("--out-dir", type=Path, help="where reports go (default: artifacts/reports)")
     report.set_defaults(run=_cmd_report)
@@ -439,6 +485,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_project_tool_caches()
     warnings.formatwarning = _show_warning  # one readable line instead of a source location
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")  # a file name that is not UTF-8 prints as its bytes

@@ -7,10 +7,12 @@ network is for predicting and evaluating a finished checkpoint.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -54,7 +56,7 @@ class OpenVinoClassifier:
     def __init__(
         self, model: torch.nn.Module, image_size: int, normalization: Normalization, threads: int | None = None
     ) -> None:
-        import openvino
+        openvino = import_openvino()
         from openvino.preprocess import PrePostProcessor
 
         model = model.eval()
@@ -93,11 +95,26 @@ class OpenVinoClassifier:
         return f"OpenVinoClassifier(image_size={self.image_size}, device=CPU, fp32, uint8 input)"
 
 
+def import_openvino() -> ModuleType:
+    """`import openvino` with its usage telemetry off: nothing sent, nothing written in the home folder.
+
+    Importing OpenVINO starts `openvino_telemetry`, which writes a client id under ~/intel and reports usage to
+    Google Analytics unless a consent file says otherwise. OpenVINO ships a no-op stand-in that it uses when that
+    package cannot be imported, so the import is made to fail first (a None entry in sys.modules).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 def openvino_available() -> bool:
     """Whether OpenVINO and the ONNX exporter it is fed through are installed."""
     try:
         import onnx  # noqa: F401
-        import openvino  # noqa: F401
+
+        import_openvino()
     except ImportError:
         return False
     return True

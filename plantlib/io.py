@@ -36,6 +36,7 @@ def atomic_path(target: Path, needed_bytes: int | None = None) -> Iterator[Path]
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide reports and runs from everyone else
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -48,6 +49,19 @@ def atomic_path(target: Path, needed_bytes: int | None = None) -> Iterator[Path]
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask: read from /proc where Linux offers it (`os.umask` can only read it by changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def is_out_of_space(error: BaseException, folder: Path, needed_bytes: int) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 
 from plantlib.config import RunConfig, field_names
 from plantlib.errors import ConfigError
+from plantlib.frontend import KERNEL_DISPLAY_NAME, widget_frontend
 from plantlib.io import write_json
 from plantlib.paths import notebooks_dir
-from plantlib.progress import live_notebook_frontend
 
 SUMMARY_ENV = "PLANTLIB_SUMMARY_FILE"
 PAPERMILL_HEADER = "# Parameters"
@@ -31,8 +31,11 @@ LIST_PARAMETERS = {"backbones": "backbone"}  # comma-separated values of a RunCo
 
 
 def is_interactive() -> bool:
-    """True in a live JupyterLab session (widgets work); False under papermill and in HTML reports."""
-    return live_notebook_frontend()
+    """True when JupyterLab shows this kernel's widgets; False in every headless run (see plantlib.frontend)."""
+    return widget_frontend()
+
+
+INTERACTIVE_HINT = f"(In JupyterLab with the kernel '{KERNEL_DISPLAY_NAME}', interactive widgets appear here as well.)"
 
 
 def declared_parameters(notebook: str) -> dict[str, dict[str, Any]]:

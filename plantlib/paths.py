@@ -40,6 +40,26 @@ def cache_dir() -> Path:
     return data_root() / ".cache"
 
 
+# The caches of the tools plantlib runs, each kept in data/.cache/tools/ unless the user chose a place.
+TOOL_CACHE_VARIABLES = {
+    "MPLCONFIGDIR": "matplotlib",  # matplotlib's font list
+    "IPYTHONDIR": "ipython",  # the report kernels' IPython profile and history
+    "JUPYTER_RUNTIME_DIR": "jupyter-runtime",  # kernel connection files of report runs
+}
+
+
+def use_project_tool_caches() -> None:
+    """Point the caches in TOOL_CACHE_VARIABLES into the project, so a run writes nothing in the home folder.
+
+    Applies to this process and what it starts (report kernels, torchrun workers); a variable already set wins.
+    """
+    for variable, name in TOOL_CACHE_VARIABLES.items():
+        if not os.environ.get(variable):
+            folder = cache_dir() / "tools" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ[variable] = str(folder)
+
+
 def splits_dir() -> Path:
     return data_root() / "splits"
 

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from plantlib.errors import ConfigError, PlantlibError
+from plantlib.frontend import KERNEL_NAME, kernel_runs_this_interpreter
 from plantlib.io import write_text
 from plantlib.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 from plantlib.paths import notebooks_dir, reports_dir
-from plantlib.progress import HEADLESS_ENV
 from plantlib.report_index import Invocation, NotebookRun, start_invocation
 
 NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
-PROJECT_KERNEL = "plantlib"
 REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
 KERNEL_START_ATTEMPTS = 3  # a kernel that dies before its first reply is started again
 
@@ -37,10 +36,11 @@ def current_report_dir() -> Path:
 
 
 def kernel_name() -> str:
-    """The project's kernel (installed by `make setup`), else the default Python 3 kernel of this interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager
+    """The project's kernel (`make setup` installs it) when it runs this interpreter, else the default Python 3.
 
-    return PROJECT_KERNEL if PROJECT_KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+    A `plantlib` kernel registered for the user by another checkout or environment is never used here.
+    """
+    return KERNEL_NAME if kernel_runs_this_interpreter() else "python3"
 
 
 def plan_parameters(user: dict[str, Any] | None, fast: bool = False) -> dict[str, dict[str, Any]]:
@@ -82,13 +82,11 @@ def check_plan(plan: dict[str, dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def _kernel_environment(summary_file: Path) -> Iterator[None]:
-    """Environment the kernel inherits: where to write its summary, and that no live frontend is watching."""
-    changes = {
-        SUMMARY_ENV: str(summary_file),
-        REPORT_DIR_ENV: str(summary_file.parent),
-        HEADLESS_ENV: "1",
-        "PLANTLIB_PROGRESS": "off",
-    }
+    """Environment the kernel inherits: where to write its summary and which report folder it belongs to.
+
+    Nothing else differs from a plain `papermill` run, so both give the same report.
+    """
+    changes = {SUMMARY_ENV: str(summary_file), REPORT_DIR_ENV: str(summary_file.parent)}
     saved = {k: os.environ.get(k) for k in changes}
     os.environ.update(changes)
     try:
@@ -106,7 +104,7 @@ def _stderr_to(log_file: Path) -> Iterator[None]:
     """Send file descriptor 2 to `log_file`: kernel start-up chatter goes to a log, not into reports."""
     sys.stderr.flush()
     saved = os.dup(2)
-    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(target, 2)
     try:
         yield
@@ -117,10 +115,30 @@ def _stderr_to(log_file: Path) -> Iterator[None]:
         os.close(target)
 
 
-def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = None) -> NotebookRun:
-    """Execute `notebooks/<name>.ipynb` into `output` (+ HTML beside it); a failure is recorded, not raised."""
+def code_cell_count(name: str, parameters: dict[str, Any] | None) -> int:
+    """Code cells papermill will run: the notebook's, plus the cell it injects when given parameters."""
+    import nbformat
+
+    notebook = nbformat.read(str(notebooks_dir() / f"{name}.ipynb"), as_version=4)
+    return sum(cell.cell_type == "code" for cell in notebook.cells) + bool(parameters)
+
+
+def run_notebook(
+    name: str,
+    output: Path,
+    parameters: dict[str, Any] | None = None,
+    echo: bool = False,
+    no_input: bool = False,
+) -> NotebookRun:
+    """Execute `notebooks/<name>.ipynb` into `output` (+ HTML beside it); a failure is recorded, not raised.
+
+    `echo` prints each code cell as it starts and every line the notebook prints; `no_input` leaves the code
+    cells out of the HTML page.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from plantlib.report_console import ENGINE_NAME, NotebookConsole
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +148,8 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
     partial = output.with_name(f".{output.stem}.partial.ipynb")  # papermill saves after every cell
     run.started = time.strftime("%Y-%m-%d %H:%M:%S")
     began = time.perf_counter()
+    console = NotebookConsole(name, code_cell_count(name, parameters)) if echo else None
+    echoing = {"stdout_file": console, "cell_started": console.cell_started} if console else {}
     try:
         with _kernel_environment(summary_file), _stderr_to(output.with_suffix(".kernel.log")):
             for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
@@ -142,6 +162,8 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
                         cwd=str(notebooks_dir()),
                         progress_bar=False,
                         log_output=False,
+                        engine_name=ENGINE_NAME,
+                        **echoing,
                     )
                     break
                 except RuntimeError as error:
@@ -161,21 +183,26 @@ def run_notebook(name: str, output: Path, parameters: dict[str, Any] | None = No
         payload = json.loads(summary_file.read_text(encoding="utf-8"))
         run.summary, run.values = payload.get("text", ""), payload.get("values", {})
     if output.is_file():
-        export_html(output, run.html)
+        export_html(output, run.html, no_input=no_input)
     return run
 
 
 _EMPTY_SCRIPT = re.compile(r"<script src=\"\">\s*</script>\s*")
 
 
-def export_html(ipynb: Path, target: Path) -> None:
+def export_html(ipynb: Path, target: Path, no_input: bool = False) -> None:
     """A self-contained static page: inline figures, no CDN scripts (require.js, MathJax are left out)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     notebook = nbformat.read(str(ipynb), as_version=4)
     exporter = HTMLExporter(
-        template_name="lab", require_js_url="", mathjax_url="", exclude_input_prompt=True, exclude_output_prompt=True
+        template_name="lab",
+        require_js_url="",
+        mathjax_url="",
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        exclude_input=no_input,
     )
     body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": Path(ipynb).stem}})
     write_text(Path(target), _EMPTY_SCRIPT.sub("", body))
@@ -186,12 +213,15 @@ def run_reports(
     fast: bool = False,
     out_dir: Path | None = None,
     only: list[str] | None = None,
+    echo: bool = True,
+    no_input: bool = False,
 ) -> list[NotebookRun]:
     """Run the notebooks in order in a new report folder under `out_dir`; stop at the first failure.
 
     Every parameter is validated before the first notebook starts. The index is rewritten as each notebook
     starts and ends; a report that runs to its end is published (its pages copied beside `index.html`), an
-    interrupted one is only listed as interrupted.
+    interrupted one is only listed as interrupted. `echo` streams each notebook's cells and printed lines to the
+    terminal and ends with a table of statuses and durations; `no_input` leaves code out of the HTML pages.
     """
     root = Path(out_dir or reports_dir())
     unknown = sorted(set(only or []) - set(NOTEBOOKS))
@@ -203,15 +233,23 @@ def run_reports(
     invocation = start_invocation(root, chosen, parameters or {})
     print(f"report folder: {invocation.folder}", flush=True)
     try:
-        _run_in_order(invocation, plan)
+        _run_in_order(invocation, plan, echo, no_input)
     except BaseException:
         invocation.interrupted()
         raise
     invocation.completed()
+    if echo:
+        from plantlib.report_console import summary_table
+
+        rows = [
+            (run.name, run.status, run.seconds if run.status != "not run" else None, run.summary or run.error or "")
+            for run in invocation.notebooks
+        ]
+        print("\n" + summary_table(rows), flush=True)
     return invocation.notebooks
 
 
-def _run_in_order(invocation: Invocation, plan: dict[str, dict[str, Any]]) -> None:
+def _run_in_order(invocation: Invocation, plan: dict[str, dict[str, Any]], echo: bool, no_input: bool) -> None:
     runs = invocation.notebooks
     for index, name in enumerate(run.name for run in list(runs)):
         if any(run.status == "failed" for run in runs[:index]):
@@ -224,8 +262,8 @@ def _run_in_order(invocation: Invocation, plan: dict[str, dict[str, Any]]) -> No
         output = invocation.folder / f"{name}.ipynb"
         runs[index] = NotebookRun(name=name, status="running", ipynb=output, started=time.strftime("%Y-%m-%d %H:%M:%S"))
         invocation.save()
-        print(f"running {name} …", flush=True)
-        runs[index] = run = run_notebook(name, output, params)
+        print(f"[{index + 1}/{len(runs)}] {name}", flush=True)
+        runs[index] = run = run_notebook(name, output, params, echo=echo, no_input=no_input)
         print(f"  {run.status} in {run.seconds:.0f}s" + (f": {run.summary}" if run.summary else ""), flush=True)
         invocation.save()
         if run.status == "interrupted":  # Ctrl-C reached the kernel first
