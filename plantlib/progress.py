@@ -17,7 +17,7 @@ T = TypeVar("T")
 LINE_MIN_INTERVAL_S = 10.0
 
 
-class _WholeLines:
+class WholeLines:
     """A stream that drops tqdm's bare carriage returns and newlines, so only whole progress lines reach it."""
 
     def __init__(self, stream: IO[str]) -> None:
@@ -62,6 +62,6 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault("ncols", 100)
         # In a notebook's saved output stderr reads as an error; elsewhere stdout may be data (predict's CSV).
         stream = sys.stdout if in_jupyter_kernel() else sys.stderr
-        return LineProgress(iterable, file=_WholeLines(stream), **kwargs)
+        return LineProgress(iterable, file=WholeLines(stream), **kwargs)
     kwargs.setdefault("dynamic_ncols", True)
     return text_tqdm(iterable, file=sys.stderr, **kwargs)

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,11 @@ import pytest
 from PIL import Image
 
 from plantlib.config import RunConfig
+from plantlib.paths import TOOL_CACHE_VARIABLES
 
-REAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dandelion-vs-grass"
+CHECKOUT = Path(__file__).resolve().parents[1]
+REAL_MIRROR = CHECKOUT.parent / "shared" / "data" / "dandelion-vs-grass"
+NETGUARD = Path(__file__).resolve().parent / "helpers" / "netguard"
 
 
 def real_mirror() -> Path | None:
@@ -32,10 +37,39 @@ REQUIRE_ALL = os.environ.get("PLANTLIB_REQUIRE_ALL") == "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """No test records runs in a tracking store unless it starts its own (module fixtures run before the
-    per-test isolation below, so this is set for the whole session)."""
+    """Session-wide isolation, set before any fixture runs (module fixtures run before the per-test one below):
+    a temporary project root and tool caches, and no tracking unless a test starts its own store."""
+    session_root = Path(tempfile.mkdtemp(prefix="plantlib-tests-"))
+    (session_root / "data").mkdir()
+    os.environ["PLANTLIB_ROOT"] = str(session_root)
+    for variable, name in TOOL_CACHE_VARIABLES.items():
+        os.environ[variable] = str(session_root / "tool-caches" / name)
     os.environ["PLANTLIB_TRACKING"] = "off"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+IGNORED_IN_CHECKOUT = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def checkout_files() -> dict[str, float]:
+    """Every file of the checkout with its modification time, outside folders Python and git tools keep."""
+    files: dict[str, float] = {}
+    for folder, subfolders, names in os.walk(CHECKOUT):
+        subfolders[:] = [d for d in subfolders if d not in IGNORED_IN_CHECKOUT]
+        for name in names:
+            path = Path(folder) / name
+            files[str(path.relative_to(CHECKOUT))] = path.stat().st_mtime
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_untouched() -> Iterator[None]:
+    """Tests write under temporary folders only: the run fails if a file of the checkout appeared or changed."""
+    before = checkout_files()
+    yield
+    after = checkout_files()
+    touched = sorted(name for name, mtime in after.items() if before.get(name) != mtime)
+    assert not touched, f"the tests wrote into the checkout: {touched[:20]}"
 
 
 def needs(available: bool, reason: str) -> pytest.MarkDecorator:
@@ -92,9 +126,29 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "tiny", {"cat": 12, "dog": 12})
 
 
-def run_cli(*args: str, root: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m plantlib ARGS` as a user runs it (optionally with its own project root and variables)."""
-    env = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
+def guarded_environment(tmp: Path) -> dict[str, str | None]:
+    """Variables under which any outbound connection (DNS included) is refused and logged to tmp/network.log,
+    with HOME an empty folder (tmp/home) and no XDG folder elsewhere: a run must leave both empty."""
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    env: dict[str, str | None] = {
+        "HOME": str(home),
+        "PYTHONPATH": path,
+        "PLANTLIB_NETGUARD_LOG": str(tmp / "network.log"),
+    }
+    for variable in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", *TOOL_CACHE_VARIABLES):
+        env[variable] = None  # unset: the run chooses its own places
+    return env
+
+
+def run_cli(
+    *args: str, root: Path | None = None, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m plantlib ARGS` as a user runs it (optionally with its own project root and variables; a
+    variable given as None is unset)."""
+    merged = {**os.environ, "PYTHONWARNINGS": "default", **(env or {})}
+    env = {name: value for name, value in merged.items() if value is not None}
     if root is not None:
         env["PLANTLIB_ROOT"] = str(root)
     return subprocess.run(

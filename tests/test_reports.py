@@ -1,33 +1,66 @@
 """`plantlib report` end to end on small synthetic data, checked as a reader would: in a real browser."""
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
-from plantlib.errors import ConfigError
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.io import current_umask
 from plantlib.reports import NOTEBOOKS, plan_parameters
-from tests.conftest import CHROMIUM, requires_chromium, run_cli, write_dataset
+from tests.conftest import CHROMIUM, guarded_environment, requires_chromium, run_cli, write_dataset
+
+TERMINAL = "terminal.txt"
 
 
 @pytest.fixture(scope="module")
 def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`plantlib report --fast` with no network (any attempt is logged) and an empty HOME; papermill's -p forms."""
     root = tmp_path_factory.mktemp("report")
     data = write_dataset(root / "images", {"ant": 10, "bee": 10})
+    guard = root / "guard"
     result = run_cli(
         "report",
         "--fast",
         "-p",
-        f"data_dir={data}",
+        f"data_dir={data}",  # NAME=VALUE
         "-p",
-        "image_size=64",
-        "-p",
-        "backbones=efficientnet_lite0",
+        "image_size",  # papermill's NAME VALUE
+        "64",
+        "-y",
+        "backbones: efficientnet_lite0",
         root=root,
-        env={"PLANTLIB_TRACKING": "on"},  # the report's runs go to the project's own MLflow store
+        env={**guarded_environment(guard), "PLANTLIB_TRACKING": "on"},  # runs go to the project's own store
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    (guard / TERMINAL).write_text(result.stdout)
     return root / "artifacts" / "reports"
+
+
+def test_a_report_connects_nowhere_and_writes_nothing_in_home(fast_report: Path) -> None:
+    guard = fast_report.parents[1] / "guard"
+    assert not (guard / "network.log").exists(), (guard / "network.log").read_text()
+    assert list((guard / "home").iterdir()) == []
+
+
+def test_report_files_are_readable_as_the_umask_says(fast_report: Path) -> None:
+    expected = 0o666 & ~current_umask()
+    files = [p for p in fast_report.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert {p.suffix for p in files} >= {".html", ".json", ".ipynb"}
+    assert {
+        p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files if stat.S_IMODE(p.stat().st_mode) != expected
+    } == {}
+
+
+def test_the_terminal_shows_cells_printed_lines_and_a_summary_table(fast_report: Path) -> None:
+    terminal = (fast_report.parents[1] / "guard" / TERMINAL).read_text()
+    assert "[2/5] 02_train" in terminal and "  02_train  cell 1/" in terminal
+    assert "      epoch 1/1  train loss" in terminal  # the training's epoch line, indented under its notebook
+    [table_header] = [line for line in terminal.splitlines() if line.startswith("notebook ")]
+    assert table_header.split() == ["notebook", "status", "seconds", "summary"]
+    rows = terminal.split(table_header, 1)[1].splitlines()[1 : 1 + len(NOTEBOOKS)]
+    assert [row.split()[:2] for row in rows] == [[name, "ok"] for name in NOTEBOOKS]
 
 
 def test_report_writes_an_index_and_a_report_per_notebook(fast_report: Path) -> None:
@@ -92,11 +125,14 @@ def test_unknown_report_parameters_fail_before_anything_runs() -> None:
 
 
 def test_a_failing_notebook_is_named_with_its_cell_and_still_exported(tmp_path: Path) -> None:
-    result = run_cli("report", "--only", "03_evaluate", "-p", f"run_dir={tmp_path / 'missing-run'}", root=tmp_path)
+    result = run_cli(
+        "report", "--only", "03_evaluate", "--no-input", "-p", f"run_dir={tmp_path / 'missing-run'}", root=tmp_path
+    )
     assert result.returncode == 2
     assert "notebook 03_evaluate failed in cell" in result.stderr and "does not exist" in result.stderr
     page = tmp_path / "artifacts" / "reports" / "03_evaluate.html"
     assert page.is_file() and "does not exist" in page.read_text()
+    assert 'class="jp-InputArea' not in page.read_text()  # --no-input: outputs only
     index = json.loads((tmp_path / "artifacts" / "reports" / "index.json").read_text())
     assert index[0]["status"] == "failed"
 
@@ -127,3 +163,23 @@ def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report
         f"Tracked as MLflow run <code>{comparison.info.run_id}</code>"
         in (fast_report / "04_compare_backbones.html").read_text()
     )
+
+
+def test_report_accepts_papermills_parameter_forms_and_its_own(tmp_path: Path) -> None:
+    from plantlib.cli import build_parser, report_parameters
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("seed: 7\n02_train: {epochs: 2}\n")
+    forms = ["-f", str(params_file), "-y", "fast: true", "-p", "epochs", "3", "-p", "learning_rate=0.01"]
+    args = build_parser().parse_args(["report", *forms, "-p", "data_dir", "None", "-r", "run_dir", "007"])
+    assert report_parameters(args) == {
+        "seed": 7,
+        "02_train": {"epochs": 2},
+        "fast": True,
+        "epochs": 3,
+        "learning_rate": 0.01,
+        "data_dir": None,
+        "run_dir": "007",
+    }
+    with pytest.raises(PlantlibError, match="write -p NAME VALUE"):
+        report_parameters(build_parser().parse_args(["report", "-p", "epochs"]))

@@ -5,6 +5,7 @@ process and the calling module) in the file named by $PLANTLIB_NETGUARD_LOG; loo
 Kernels and torchrun workers inherit PYTHONPATH, so they are guarded too.
 """
 
+import ipaddress
 import os
 import socket
 import traceback
@@ -23,6 +24,14 @@ def _record(kind, target):
     raise OSError(f"network guard: {kind} {target!r} refused (tests allow loopback only)")
 
 
+def _is_numeric(host):
+    try:
+        ipaddress.ip_address(host.decode() if isinstance(host, bytes) else host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_loopback(address):
     if not isinstance(address, tuple):
         return True  # AF_UNIX path or abstract name
@@ -37,17 +46,17 @@ if LOG:
     _connect, _connect_ex, _sendto = socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto
 
     def getaddrinfo(host, *args, **kwargs):
-        if host not in LOCAL_NAMES and not _is_loopback((host,)):
+        if host not in LOCAL_NAMES and not _is_numeric(host):  # a numeric address needs no lookup: connect decides
             _record("name lookup", host)
         return _getaddrinfo(host, *args, **kwargs)
 
     def gethostbyname(host):
-        if not _is_loopback((host,)):
+        if host not in LOCAL_NAMES and not _is_numeric(host):
             _record("name lookup", host)
         return _gethostbyname(host)
 
     def gethostbyname_ex(host):
-        if not _is_loopback((host,)):
+        if host not in LOCAL_NAMES and not _is_numeric(host):
             _record("name lookup", host)
         return _gethostbyname_ex(host)
 
