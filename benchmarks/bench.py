@@ -1,4 +1,4 @@
-"""plantlib vs the PyTorch tutorial recipe: training epochs, time to accuracy, inference, memory, scaling.
+"""plantlib vs the PyTorch tutorial recipe: training epochs, time to accuracy, inference, memory, scaling, CV.
 
 Every figure comes from its own process (`benchmarks.measure`), the two recipes alternating inside one
 invocation so their ratio holds on a noisy machine. The reference's full 25-epoch run (about 18 minutes on
@@ -6,7 +6,8 @@ invocation so their ratio holds on a noisy machine. The reference's full 25-epoc
 the split are the same; `--rerun-reference` measures it again. Writes artifacts/bench/bench.json and
 bench.md (the tables the README quotes).
 
-    python -m benchmarks.bench [--device cpu|cuda] [--skip epochs inference reference scaling ddp] [--rerun-reference]
+    python -m benchmarks.bench [--device cpu|cuda] [--skip epochs inference reference scaling ddp tracking cv]
+                               [--rerun-reference]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ TARGETS = {
     "single_image_ms": 20.0,
     "batched_images_per_s": 60.0,
     "train_peak_rss_mb": 2048.0,
+    "cv_vs_single_runs": 1.15,
 }
 
 
@@ -222,7 +224,25 @@ def tables(results: dict[str, Any]) -> str:
             )
     if results.get("tracking"):
         lines += ["", *tracking_rows(results["tracking"])]
+    if results.get("cv"):
+        lines += ["", *cv_rows(results["cv"], results["default_run"])]
     return "\n".join(lines)
+
+
+def cv_rows(cv: dict[str, Any], single: dict[str, Any]) -> list[str]:
+    """K-fold CV in one process against K fresh `plantlib train` processes of the default recipe."""
+    folds = cv["folds"]
+    return [
+        f"| default recipe | {folds} single runs ({folds} × one process) | {folds}-fold CV (one process) | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| wall time, process start to exit | {folds * single['process_seconds']:.0f} s | "
+        f"{cv['process_seconds']:.0f} s | {ratio(cv['process_seconds'], folds * single['process_seconds']):.2f} "
+        f"(target ≤ {TARGETS['cv_vs_single_runs']}) |",
+        f"| CPU time of the training | {folds * single['cpu_seconds']:.0f} s | {cv['cpu_seconds']:.0f} s | "
+        f"{ratio(cv['cpu_seconds'], folds * single['cpu_seconds']):.2f} |",
+        f"| accuracy | {single['test_accuracy']:.3f} (test, n = 60, one run) | {cv['accuracy']:.3f} "
+        f"(pooled out-of-fold, n = {cv['n']}) | |",
+    ]
 
 
 def tracking_rows(rows: list[dict[str, Any]]) -> list[str]:
@@ -280,6 +300,16 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{ours['batched_images_per_s']:.1f} images/s",
             )
         )
+    if results.get("cv"):
+        cv, single = results["cv"], results["default_run"]
+        share = ratio(cv["process_seconds"], cv["folds"] * single["process_seconds"])
+        checks.append(
+            (
+                f"{cv['folds']}-fold CV ≤ {TARGETS['cv_vs_single_runs']} × {cv['folds']} single default runs",
+                share <= TARGETS["cv_vs_single_runs"],
+                f"{share:.2f}",
+            )
+        )
     checks.append(
         (
             "peak RSS training (default recipe, batch 32) ≤ 2 GB",
@@ -290,7 +320,7 @@ def target_checks(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-SECTIONS = ("epochs", "inference", "reference", "scaling", "ddp", "tracking")
+SECTIONS = ("epochs", "inference", "reference", "scaling", "ddp", "tracking", "cv")
 
 
 def main() -> None:
@@ -341,6 +371,8 @@ def main() -> None:
         results["ddp"] = ddp_rows()
     if "tracking" not in args.skip:
         results["tracking"] = [run("tracking", tracked=tracked) for tracked in (False, True)]
+    if "cv" not in args.skip:
+        results["cv"] = run("cross_validation", folds=5, device=args.device)
     results["bench_seconds"] = round(time.perf_counter() - began, 1)
 
     table = tables(results)

@@ -95,12 +95,13 @@ def default_run(device: str = "cpu") -> dict[str, Any]:
     """plantlib's default recipe end to end (data check, model build, training, test), as `plantlib train`."""
     from plantlib.train import Trainer
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     config = bench_config(device=device)
     trained = Trainer(config, show_progress=False).fit()
     wall = time.perf_counter() - started
     return {
         "recipe": "plantlib default",
+        "cpu_seconds": cpu_seconds() - cpu_started,
         "config": {k: config.to_dict()[k] for k in ("epochs", "batch_size", "frozen_blocks", "freeze_bn")},
         "seconds": wall,
         "epochs": len(trained.history),
@@ -108,6 +109,29 @@ def default_run(device: str = "cpu") -> dict[str, Any]:
         "test_accuracy": trained.test_metrics["accuracy"],
         "test_f1": trained.test_metrics["f1"],
         "checkpoint": str(find_checkpoint(trained.run_dir)),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: steadier than wall time when the machine is shared."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cross_validation(folds: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """The default recipe's K-fold CV in one process: images decoded once and weights read once for every fold."""
+    from plantlib.experiments.cv import cross_validate
+
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    result = cross_validate(bench_config(device=device, tracking="off"), folds=folds, show_progress=False)
+    return {
+        "folds": folds,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": cpu_seconds() - cpu_started,
+        "accuracy": result.metrics["accuracy"],
+        "n": result.metrics["n"],
+        "cv_dir": str(result.cv_dir),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -268,6 +292,7 @@ MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "reference_full": reference_full,
     "scaling": scaling,
     "tracking": tracking,
+    "cross_validation": cross_validation,
 }
 
 

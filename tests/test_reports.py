@@ -132,7 +132,7 @@ def test_a_failing_notebook_is_named_with_its_cell_and_still_exported(tmp_path: 
     assert "notebook 03_evaluate failed in cell" in result.stderr and "does not exist" in result.stderr
     page = tmp_path / "artifacts" / "reports" / "03_evaluate.html"
     assert page.is_file() and "does not exist" in page.read_text()
-    assert 'class="jp-InputArea' not in page.read_text()  # --no-input: outputs only
+    assert 'class="highlight hl-ipython3"' not in page.read_text()  # --no-input: no code cell shown
     index = json.loads((tmp_path / "artifacts" / "reports" / "index.json").read_text())
     assert index[0]["status"] == "failed"
 
