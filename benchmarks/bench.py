@@ -150,11 +150,13 @@ def tables(results: dict[str, Any]) -> str:
         f"{results['device']}, torch {results['machine']['torch']}.",
         "",
     ]
-    lines += [
-        "| training, full fine-tuning, lite0 224 px | reference | plantlib | plantlib / reference |",
-        "| --- | --- | --- | --- |",
-    ]
-    for batch in [b for b in results["batch_sizes"] if str(b) in results["epochs"]]:
+    measured = [b for b in results["batch_sizes"] if str(b) in results["epochs"]]
+    if measured:
+        lines += [
+            "| training, full fine-tuning, lite0 224 px | reference | plantlib | plantlib / reference |",
+            "| --- | --- | --- | --- |",
+        ]
+    for batch in measured:
         ref, ours = results["epochs"][str(batch)]["reference"], results["epochs"][str(batch)]["plantlib"]
         lines.append(
             f"| s/epoch, batch {batch} (train + val) | {ref['steady_epoch_s']:.1f} | {ours['steady_epoch_s']:.1f} "
