@@ -209,34 +209,79 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from plantlib.ensemble import load_predictor
     from plantlib.evaluate import format_metrics
-    from plantlib.inference import evaluate_folder, evaluate_split, load_model
+    from plantlib.inference import evaluate_folder, evaluate_split
 
-    loaded = load_model(args.checkpoint, device=args.device, engine=args.engine)
+    if args.out_of_fold:
+        return _evaluate_out_of_fold(args)
+    predictor = load_predictor(args.checkpoints, device=args.device, engine=args.engine, tta=args.tta)
     if args.data_dir:
-        metrics, _ = evaluate_folder(loaded, Path(args.data_dir), Path(args.out_dir) if args.out_dir else None)
+        metrics, _ = evaluate_folder(predictor, Path(args.data_dir), Path(args.out_dir) if args.out_dir else None)
         where = args.data_dir
     else:
-        metrics, _ = evaluate_split(loaded, args.split)
+        metrics, _ = evaluate_split(predictor, args.split)
         where = f"{args.split} split"
-    print(f"{loaded.checkpoint_path} on {where}:\n{format_metrics(metrics)}")
+    what = " + ".join(map(str, args.checkpoints)) + (" with test-time augmentation" if args.tta else "")
+    print(f"{what} on {where}:\n{format_metrics(metrics)}")
     for kind, path in metrics.get("files", {}).items():
         print(f"{kind}: {path}")
     return 0
 
 
+def _evaluate_out_of_fold(args: argparse.Namespace) -> int:
+    from plantlib.evaluate import format_metrics
+    from plantlib.experiments.cv import reevaluate_out_of_fold
+
+    if len(args.checkpoints) != 1 or args.data_dir:
+        raise PlantlibError("--out-of-fold takes one cross-validation directory (and no --data-dir)")
+    result = reevaluate_out_of_fold(Path(args.checkpoints[0]), tta=args.tta, device=args.device, engine=args.engine)
+    print(f"out-of-fold, each fold model on its held-out fold{' with test-time augmentation' if args.tta else ''}:")
+    print(format_metrics(result.metrics).splitlines()[0])
+    print(f"written as {result.cv_dir}; compare: plantlib compare {args.checkpoints[0]} {result.cv_dir}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from plantlib.inference import load_model, predict_files
+    from plantlib.ensemble import load_predictor
+    from plantlib.inference import predict_files
     from plantlib.io import atomic_write
 
-    loaded = load_model(args.checkpoint, device=args.device, engine=args.engine)
-    frame = predict_files(loaded, [Path(p) for p in args.paths], batch_size=args.batch_size)
+    checkpoints = [args.checkpoint, *(args.ensemble or [])]
+    predictor = load_predictor(checkpoints, device=args.device, engine=args.engine, tta=args.tta)
+    frame = predict_files(predictor, [Path(p) for p in args.paths], batch_size=args.batch_size)
     frame = frame.drop(columns=["confidence"])
     if args.out:
         atomic_write(Path(args.out), lambda handle: frame.to_csv(handle, index=False))
         print(f"wrote {len(frame)} predictions to {args.out}")
     else:
         print(frame.to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from plantlib.explain import explain_to_folder
+    from plantlib.inference import load_model
+
+    loaded = load_model(args.checkpoint, device=args.device, engine="torch")  # maps need torch's gradients
+    frame, skipped = explain_to_folder(loaded, args.paths, args.out, method=args.method)
+    print(f"explained {len(frame)} images ({args.method}) into {args.out}: one PNG each + explanations.csv")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed above)")
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from plantlib.lr_find import find_learning_rate
+
+    result = find_learning_rate(_config_from_args(args), args.start_lr, args.end_lr, args.steps)
+    print(f"{len(result.losses)} steps from {args.start_lr:g} to {result.learning_rates[-1]:.3g}")
+    if result.suggestion is None:
+        print("the loss never fell: try a larger --end-lr or more --steps")
+    else:
+        rate = f"{result.suggestion:.2e}"
+        print(f"suggested learning rate: {rate}  (plantlib train --learning-rate {rate})")
+    print(f"plot and numbers: {result.out_dir}/lr_find.png, lr_find.json")
     return 0
 
 
@@ -332,6 +377,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help="runtime for the forward pass: auto uses OpenVINO on the CPU when installed (same fp32 logits, faster)",
     )
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over the image and its mirror images (3×)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,11 +448,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
-    evaluate.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
+    evaluate.add_argument(
+        "checkpoints",
+        nargs="+",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="best.pt / last.pt, a run directory, or a cross-validation directory (its fold models); "
+        "several are evaluated as one ensemble (probabilities averaged)",
+    )
     where = evaluate.add_mutually_exclusive_group()
-    where.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the run's data")
+    where.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test"],
+        help="split of the run's data; for a cross-validation directory, test is the split its folds left out",
+    )
     where.add_argument("--data-dir", help="folder-per-class directory to evaluate on instead (an external set)")
     evaluate.add_argument("--out-dir", help="where metrics and predictions go (default: inside the run dir)")
+    evaluate.add_argument(
+        "--out-of-fold",
+        action="store_true",
+        help="with a cross-validation directory: each fold model on its own held-out fold again (with --tta)",
+    )
     _add_inference_options(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
@@ -413,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files or folders of images")
     predict.add_argument("--out", help="CSV to write (path, predicted, p_<class>...); default: print")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--ensemble", action="append", type=Path, metavar="CHECKPOINT", help="another member (repeatable)"
+    )
     _add_inference_options(predict)
     predict.set_defaults(run=_cmd_predict)
 
@@ -446,6 +514,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-tracking", action="store_true", help="do not log the export to the run's MLflow run")
     export.add_argument("--tracking-uri", **tracking_uri)
     export.set_defaults(run=_cmd_export)
+
+    lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against a growing rate, a suggestion")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=1.0, help="last rate (default: 1)")
+    lr_find.add_argument("--steps", type=int, default=100, help="training steps (default: 100)")
+    lr_find.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
+    _add_config_options(lr_find)
+    lr_find.set_defaults(run=_cmd_lr_find)
+
+    explain = commands.add_parser("explain", help="class-activation heat maps: where the model found its evidence")
+    explain.add_argument("checkpoint", type=Path, help="a run directory or its best.pt / last.pt")
+    explain.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
+    explain.add_argument("--out", type=Path, required=True, help="folder for one PNG per image and explanations.csv")
+    explain.add_argument("--method", default="gradcam", choices=["gradcam", "gradcampp"], help="default: gradcam")
+    explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    explain.set_defaults(run=_cmd_explain)
 
     kernel = commands.add_parser("kernel", help="register this environment as the Jupyter kernel 'Python (plantlib)'")
     kernel.add_argument(

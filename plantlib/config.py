@@ -86,6 +86,9 @@ class RunConfig:
     step_size: int = option(7, "StepLR period in epochs")
     gamma: float = option(0.1, "StepLR / plateau decay factor")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing")
+    mixup_alpha: float = option(0.0, "MixUp: blend image pairs and their labels, weight ~ Beta(α, α); 0: off")
+    cutmix_alpha: float = option(0.0, "CutMix: paste a patch of another image, area ~ Beta(α, α); 0: off")
+    mix_probability: float = option(1.0, "share of training batches mixed when MixUp or CutMix is on")
     grad_clip: float | None = option(None, "max gradient norm; None: no clipping")
     early_stopping_patience: int | None = option(
         5, "epochs without improvement before stopping; None: never stop early"
@@ -259,6 +262,9 @@ def _check_values(c: RunConfig) -> None:
     _require(c.step_size >= 1, "step_size", c.step_size, "use 1 or more")
     _require(0 < c.gamma <= 1, "gamma", c.gamma, "use a factor in (0, 1]")
     _require(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "use a value in [0, 1)")
+    _require(c.mixup_alpha >= 0, "mixup_alpha", c.mixup_alpha, "use 0 (off) or a positive value such as 0.2")
+    _require(c.cutmix_alpha >= 0, "cutmix_alpha", c.cutmix_alpha, "use 0 (off) or a positive value such as 1.0")
+    _require(0 <= c.mix_probability <= 1, "mix_probability", c.mix_probability, "use a value in [0, 1]")
     _require(c.grad_clip is None or c.grad_clip > 0, "grad_clip", c.grad_clip, "use a positive norm or None")
     patience = c.early_stopping_patience
     _require(patience is None or patience >= 1, "early_stopping_patience", patience, "use 1 or more, or None")

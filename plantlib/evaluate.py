@@ -199,6 +199,39 @@ def _bootstrap_ci(
     }
 
 
+def _bootstrap_probability_ci(
+    y_true: np.ndarray, probs: np.ndarray, n_bootstrap: int, seed: int, n_bins: int = 10
+) -> dict[str, list[float] | None]:
+    """95% percentile intervals for log loss and ECE over the same kind of image resamples as accuracy's.
+
+    Per image: its log loss term, its confidence bin and its (correct - confidence); a resample's ECE is then
+    one weighted bincount, as in `expected_calibration_error`.
+    """
+    if n_bootstrap < 1:
+        return {"log_loss": None, "ece": None}
+    n = len(y_true)
+    clipped = np.clip(probs[np.arange(n), y_true], 1e-15, 1.0)
+    losses = -np.log(clipped / np.clip(probs.sum(axis=1), 1e-15, None))  # sklearn's log_loss renormalises
+    confidence = probs.max(axis=1)
+    gap = (probs.argmax(axis=1) == y_true).astype(np.float64) - confidence
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
+    rng = np.random.default_rng(seed + 1)
+    chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
+    log_losses, eces = [], []
+    for start in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - start)
+        picks = rng.integers(0, n, size=(size, n))
+        log_losses.append(losses[picks].mean(axis=1))
+        flat = (which[picks] + (np.arange(size) * n_bins)[:, None]).ravel()
+        sums = np.bincount(flat, weights=gap[picks].ravel(), minlength=size * n_bins).reshape(size, n_bins)
+        eces.append(np.abs(sums).sum(axis=1) / n)
+    return {
+        name: [float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5])]
+        for name, values in (("log_loss", log_losses), ("ece", eces))
+    }
+
+
 def compute_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -249,7 +282,8 @@ def compute_metrics(
         "classification_report": classification_report(
             y_true, y_pred, labels=labels, target_names=list(class_names), digits=3, zero_division=0
         ),
-        "ci95": _bootstrap_ci(y_true, y_pred, n_classes, n_bootstrap, seed),
+        "ci95": _bootstrap_ci(y_true, y_pred, n_classes, n_bootstrap, seed)
+        | _bootstrap_probability_ci(y_true, probs, n_bootstrap, seed),
         "bootstrap": {"resamples": int(n_bootstrap), "seed": int(seed)},
         "ece": ece,
         "reliability": reliability,
@@ -350,9 +384,9 @@ def format_metrics(metrics: dict) -> str:
     if metrics.get("roc_auc") is not None:
         parts.append(f"ROC AUC {metrics['roc_auc']:.3f}")
     if metrics.get("ece") is not None:
-        parts.append(f"ECE {metrics['ece']:.3f}")
+        parts.append(f"ECE {with_ci(metrics['ece'], interval(metrics, 'ece'))}")
     if metrics.get("log_loss") is not None:
-        parts.append(f"log loss {metrics['log_loss']:.3f}")
+        parts.append(f"log loss {with_ci(metrics['log_loss'], interval(metrics, 'log_loss'))}")
     parts.append(f"n={metrics['n']}")
     lines = [" · ".join(parts)]
     if metrics.get("absent_classes"):
@@ -374,8 +408,8 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
         ("recall_macro", "recall", None),
         ("f1_macro", "f1", "f1_macro"),
         ("roc_auc", "roc_auc", None),
-        ("ece", "ece", None),
-        ("log_loss", "log_loss", None),
+        ("ece", "ece", "ece"),
+        ("log_loss", "log_loss", "log_loss"),
     ):
         value = metrics.get(key)
         ci = interval(metrics, ci_key) if ci_key else None
@@ -388,6 +422,27 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high"])
+
+
+def metrics_side_by_side(named: dict[str, dict]) -> pd.DataFrame:
+    """One row per evaluation (e.g. plain vs test-time augmentation): n, accuracy, log loss, ECE with 95% CIs."""
+    rows = []
+    for name, metrics in named.items():
+        rows.append(
+            {
+                "evaluation": name,
+                "n": metrics["n"],
+                **{
+                    label: with_ci(metrics[key], interval(metrics, ci_key))
+                    for label, key, ci_key in (
+                        ("accuracy", "accuracy", "accuracy"),
+                        ("log loss", "log_loss", "log_loss"),
+                        ("ECE", "ece", "ece"),
+                    )
+                },
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def arrays_from_predictions(frame: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,30 @@ from plantlib.runs import read_run_info
 from plantlib.runtime import autocast_dtype, resolve_device, torch_threads
 
 
+class Predictor(Protocol):
+    """What evaluating and predicting need: one checkpoint (`LoadedModel`) or several (`plantlib.ensemble`)."""
+
+    class_names: list[str]
+    config: RunConfig
+
+    @property
+    def run_dir(self) -> Path: ...  # the run whose data (split file) evaluate_split reads
+
+    @property
+    def evaluation_dir(self) -> Path: ...  # where evaluate_split saves metrics and predictions
+
+    @property
+    def test_split(self) -> str: ...  # the split label of held-out images never used in training
+
+    def image_cache(self) -> DecodedImageCache: ...
+
+    def probabilities(
+        self, files: Sequence[Path], batch_size: int = 32, cache: DecodedImageCache | None = None
+    ) -> np.ndarray: ...
+
+    def preprocessing_threads(self) -> contextlib.AbstractContextManager: ...
+
+
 @dataclass
 class LoadedModel:
     """A model rebuilt from a checkpoint with everything needed to feed it correctly."""
@@ -45,10 +69,19 @@ class LoadedModel:
     dtype: torch.dtype | None
     forward: Forward  # the model itself, or its OpenVINO compilation (see `plantlib.engine`)
     engine: str = "torch"
+    tta: bool = False  # test-time augmentation: average over the image and its mirror images (`with_flips`)
 
     @property
     def run_dir(self) -> Path:
         return self.checkpoint_path.parent
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.run_dir
+
+    @property
+    def test_split(self) -> str:
+        return "test"
 
     @property
     def takes_uint8(self) -> bool:
@@ -95,20 +128,38 @@ class LoadedModel:
         """Class probabilities (N, C) for image files, through this model's engine."""
         # Preprocessing threads only beside a compiled network: eager torch already uses every core itself.
         workers = torch.get_num_threads() if self.engine != "torch" else 1
+        forward = with_flips(self.forward) if self.tta else self.forward
         with self.preprocessing_threads():
             batches = self.batches(files, batch_size, cache, workers)
-            return predict_probabilities(self.forward, batches, self.device, self.dtype)
+            return predict_probabilities(forward, batches, self.device, self.dtype)
 
     def preprocessing_threads(self) -> contextlib.AbstractContextManager:
         """One torch thread around image decoding and transforms when another runtime does the forward pass."""
         return torch_threads(1) if self.engine != "torch" else contextlib.nullcontext()
 
 
-def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto", engine: str = "auto") -> LoadedModel:
+def with_flips(forward: Forward) -> Forward:
+    """Test-time augmentation: the batch, its horizontal and its vertical mirror image, probabilities averaged.
+
+    Returns log-probabilities, so the softmax every caller applies gives the averaged probabilities back. Works
+    on either engine's input (float or uint8 NCHW): a flip moves pixels and changes no value.
+    """
+
+    def averaged(images: torch.Tensor) -> torch.Tensor:
+        views = (images, images.flip(-1), images.flip(-2))
+        return torch.stack([torch.softmax(forward(view).float(), dim=1) for view in views]).mean(0).log()
+
+    return averaged
+
+
+def load_model(
+    checkpoint: Path, device: str = "auto", precision: str = "auto", engine: str = "auto", tta: bool = False
+) -> LoadedModel:
     """Rebuild the classifier stored in `checkpoint` (a .pt file or a run directory).
 
     `engine` picks the runtime for predictions: `auto` compiles the network with OpenVINO for fp32 CPU inference
     when it is installed (same logits, faster), `torch` keeps eager torch, `openvino` insists on OpenVINO.
+    `tta` averages each prediction over the image and its mirror images (three forward passes, `with_flips`).
     """
     path = find_checkpoint(Path(checkpoint))
     payload = load_checkpoint(path)
@@ -145,6 +196,7 @@ def load_model(checkpoint: Path, device: str = "auto", precision: str = "auto", 
         dtype=dtype,
         forward=forward,
         engine=engine_name,
+        tta=tta,
     )
 
 
@@ -180,7 +232,7 @@ def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[li
     return good, bad
 
 
-def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
+def predict_files(loaded: Predictor, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
     """Class probabilities for image files or folders of them; unreadable files are skipped with a warning."""
     cache = loaded.image_cache()
     with loaded.preprocessing_threads():
@@ -191,7 +243,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 
     return predictions_frame([as_text(f) for f in files], None, probs, loaded.class_names)
 
 
-def run_data(loaded: LoadedModel) -> PreparedData:
+def run_data(loaded: Predictor) -> PreparedData:
     """The data a checkpoint's run was trained on: its recorded folder and split file, never a new split."""
     config = loaded.config
     info = read_run_info(loaded.run_dir)
@@ -200,17 +252,21 @@ def run_data(loaded: LoadedModel) -> PreparedData:
     return prepare_data(config.replace(new_split=False), show_progress=False)
 
 
-def evaluate_split(loaded: LoadedModel, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics of the checkpoint on a split of the data it was trained on (the same split file)."""
+def evaluate_split(loaded: Predictor, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of the checkpoint on a split of the data it was trained on (the same split file).
+
+    "test" means the images its training never saw: the test split, or for the fold models of a
+    cross-validation evaluated together, the test split the folds left out.
+    """
     data = run_data(loaded)
-    rows = data.frame(split)
+    rows = data.frame(loaded.test_split if split == "test" else split)
     if data.classes != loaded.class_names:
         raise DataError(f"the data now has classes {data.classes}, the checkpoint {loaded.class_names}")
-    return _evaluate(loaded, rows, "" if split == "test" else split, loaded.run_dir if save else None)
+    return _evaluate(loaded, rows, "" if split == "test" else split, loaded.evaluation_dir if save else None)
 
 
 def evaluate_folder(
-    loaded: LoadedModel, data_dir: Path, out_dir: Path | None = None
+    loaded: Predictor, data_dir: Path, out_dir: Path | None = None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics on a folder-per-class directory (an external test set) whose classes the model knows."""
     data_dir = Path(data_dir)
@@ -224,12 +280,12 @@ def evaluate_folder(
     rows = scan.images[["path", "label"]].copy()
     rows["file"] = [file_in(data_dir, p) for p in rows["path"]]
     rows["target"] = rows["label"].map({c: i for i, c in enumerate(loaded.class_names)})
-    target_dir = out_dir or loaded.run_dir / "evaluations" / data_dir.name
+    target_dir = out_dir or loaded.evaluation_dir / "evaluations" / data_dir.name
     return _evaluate(loaded, rows, "", target_dir)
 
 
 def _evaluate(
-    loaded: LoadedModel, rows: pd.DataFrame, prefix: str, out_dir: Path | None
+    loaded: Predictor, rows: pd.DataFrame, prefix: str, out_dir: Path | None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     if rows.empty:
         raise DataError(f"no images to evaluate in {out_dir or 'this selection'}")

@@ -56,6 +56,8 @@ def train_one_epoch(
                 break
             images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if opt.mix is not None:
+                images, targets = opt.mix(images, targets)  # soft targets: class probabilities per image
             with maybe_autocast(device, dtype):
                 logits = network(images)
                 loss = opt.loss_fn(logits.float(), targets)
@@ -69,7 +71,7 @@ def train_one_epoch(
             if steps_per_epoch_scheduler(opt.scheduler):
                 opt.scheduler.step()
             total_loss += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
+            correct += (logits.argmax(1) == (targets.argmax(1) if targets.dim() == 2 else targets)).sum().item()
             seen += len(targets)
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)

@@ -50,10 +50,13 @@ class BackboneSpec:
     # dandelion-vs-grass (2 CPU cores): same test accuracy as the tutorial recipe, 35% less time per epoch
     # than full fine-tuning and under 2 GB of memory at batch 32.
     default_frozen_blocks: int = 0
+    # The backbone's last convolutional feature map (a dotted module path inside the feature extractor): where
+    # class-activation maps (`plantlib.explain`) are read, the finest layer that still sees the whole image.
+    cam_layer: str = ""
 
 
-def _tv(name: str, weights: str, num_features: int) -> BackboneSpec:
-    return BackboneSpec(name, "torchvision", name, weights, num_features, 224)
+def _tv(name: str, weights: str, num_features: int, cam_layer: str) -> BackboneSpec:
+    return BackboneSpec(name, "torchvision", name, weights, num_features, 224, cam_layer=cam_layer)
 
 
 def _lite(index: int, image_size: int) -> BackboneSpec:
@@ -66,16 +69,17 @@ def _lite(index: int, image_size: int) -> BackboneSpec:
         image_size=image_size,
         norm=LITE_NORMALIZATION,
         default_frozen_blocks=6,
+        cam_layer="_conv_head",
     )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512),
-        _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),
-        _tv("efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", 1280),
-        _tv("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V2", 1280),
+        _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, "layer4"),
+        _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, "layer4"),
+        _tv("efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", 1280, "features.8"),
+        _tv("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V2", 1280, "features.18"),
         _lite(0, 224),
         _lite(1, 240),
         _lite(2, 260),
@@ -288,6 +292,11 @@ def build_model(
     if fold_bn:
         fold_batchnorm(net)
     return Classifier(net, head_module, spec.num_features, spec.name)
+
+
+def cam_target_layer(model: Classifier) -> nn.Module:
+    """The module whose output class-activation maps explain (the registry's `cam_layer` of the backbone)."""
+    return model.backbone.get_submodule(get_spec(model.backbone_name).cam_layer)
 
 
 def folds_batchnorm(freeze_bn: bool, finetune: str) -> bool:

@@ -91,6 +91,32 @@ class Optimization:
     scaler: torch.amp.GradScaler
     early_stopping: EarlyStopping
     grad_clip: float | None = None
+    mix: BatchMixing | None = None  # MixUp / CutMix of training batches; None: off
+
+
+class BatchMixing:
+    """MixUp and/or CutMix (torchvision.transforms.v2) on a share of the training batches.
+
+    Mixed batches get soft targets (class probabilities), which the cross-entropy loss takes as they are. The
+    draws come from torch's global generator, which every epoch reseeds from (seed, epoch): a resumed run mixes
+    the same batches the same way.
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, probability: float, num_classes: int) -> None:
+        from torchvision.transforms import v2
+
+        choices = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+        choices += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+        if not choices:
+            raise ValueError("BatchMixing needs mixup_alpha > 0 or cutmix_alpha > 0")
+        self.mixer = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+        self.probability = probability
+        self.num_classes = num_classes
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if float(torch.rand(())) >= self.probability:
+            return images, torch.nn.functional.one_hot(targets, self.num_classes).to(images.dtype)
+        return self.mixer(images, targets)
 
 
 def build_optimization(
@@ -100,9 +126,11 @@ def build_optimization(
     epochs: int,
     device_type: str,
     train_dtype: torch.dtype | None,
+    num_classes: int,
 ) -> Optimization:
-    """Loss, optimiser, scheduler, gradient scaler and early stopping for one run of `config`."""
+    """Loss, optimiser, scheduler, gradient scaler, early stopping and batch mixing for one run of `config`."""
     optimizer = build_optimizer(model, config)
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
     return Optimization(
         loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         optimizer=optimizer,
@@ -113,4 +141,7 @@ def build_optimization(
             config.early_stopping_monitor, config.early_stopping_patience, config.early_stopping_min_delta
         ),
         grad_clip=config.grad_clip,
+        mix=BatchMixing(config.mixup_alpha, config.cutmix_alpha, config.mix_probability, num_classes)
+        if mixing
+        else None,
     )

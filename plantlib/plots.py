@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from plantlib.data.images import ImageDecodeError, load_rgb
@@ -295,6 +296,37 @@ def plot_confident_mistakes(frame: pd.DataFrame, n: int = 12, root: Path | None 
     return fig
 
 
+def plot_explanations(
+    items: Sequence[tuple[Image.Image, Image.Image, str]], method: str = "gradcam", pairs_per_row: int = 3
+) -> Figure:
+    """Each image beside its heat-map overlay (red: where the evidence for the prediction lies), captioned."""
+    if not items:
+        return message_figure("no images to explain")
+    columns = 2 * max(1, min(pairs_per_row, len(items)))
+    fig, axes = _tile_grid(2 * len(items), columns, 2.2, titled=True)
+    for index, (image, heat, text) in enumerate(items):
+        picture, overlay = axes[2 * index], axes[2 * index + 1]
+        picture.imshow(image)
+        overlay.imshow(heat)
+        _tile_title(picture, text, 2.2)
+        _tile_title(overlay, {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}.get(method, method), 2.2)
+    return fig
+
+
+def plot_lr_find(learning_rates: Sequence[float], losses: Sequence[float], suggestion: float | None) -> Figure:
+    """Smoothed training loss against a growing learning rate (log scale), with the suggested rate marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    ax.plot(learning_rates, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (head)")
+    ax.set_ylabel("training loss (smoothed)")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.1e}")
+        ax.legend()
+    ax.set_title("learning-rate range test")
+    return fig
+
+
 def plot_class_counts(counts: dict[str, int]) -> Figure:
     """Images per class as labelled bars, to spot class imbalance before training."""
     if not counts:
@@ -415,11 +447,17 @@ def plot_backbone_comparison(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per_group: int = 6) -> Figure:
+def static_prediction_gallery(
+    frame: pd.DataFrame,
+    root: Path | None = None,
+    per_group: int = 6,
+    heatmap: Callable[[Path], Image.Image] | None = None,
+) -> Figure:
     """Example images per (true class × right/wrong) group, most confident first, titled "true → predicted p=…".
 
     One row per non-empty group, so an HTML report shows what the browser would without a kernel. Frames without
-    true labels are grouped by predicted class. Relative paths are resolved against `root`.
+    true labels are grouped by predicted class. Relative paths are resolved against `root`. With `heatmap`
+    (e.g. `plantlib.explain.overlay_function(loaded)`) each tile shows the image under its heat-map overlay.
     """
     if per_group < 1:
         raise ValueError(f"per_group must be at least 1; got {per_group}")
@@ -458,7 +496,11 @@ def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per
         for ax in row_axes[len(shown) :]:
             fig.delaxes(ax)
         for column, (ax, row) in enumerate(zip(row_axes, shown.itertuples(index=False), strict=False)):
-            draw_image_tile(ax, resolve_path(row.path, root))
+            path = resolve_path(row.path, root)
+            if heatmap is None:
+                draw_image_tile(ax, path)
+            else:
+                ax.imshow(heatmap(path))
             true = f"{row.true} → " if labelled else ""
             ax.set_title(f"{true}{row.predicted} p={row.confidence:.2f}", fontsize=8)
             ax.set_xticks([])
@@ -466,7 +508,8 @@ def static_prediction_gallery(frame: pd.DataFrame, root: Path | None = None, per
             ax.spines[:].set_visible(False)
             if column == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(f"example predictions: up to {per_group} per group, most confident first")
+    overlaid = " (Grad-CAM: red marks the evidence for the prediction)" if heatmap is not None else ""
+    fig.suptitle(f"example predictions: up to {per_group} per group, most confident first{overlaid}")
     return fig
 
 

@@ -142,7 +142,7 @@ class Trainer:
         )
         steps = min(len(self.loaders.train), self.max_batches or len(self.loaders.train))
         self.optimization: Optimization = build_optimization(
-            self.model, config, steps, self.epochs, self.device.type, self.train_dtype
+            self.model, config, steps, self.epochs, self.device.type, self.train_dtype, len(self.data.classes)
         )
         self.run_dir = Path(run_dir) if run_dir is not None else create_run_dir(config, self.dist)
         self.history: list[dict[str, Any]] = []

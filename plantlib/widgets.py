@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,8 @@ THUMBNAIL_SIDE = 320  # longest side of a widget thumbnail in pixels: sharp at n
 _THUMBNAIL_CACHE_SIZE = 64  # thumbnails a browser keeps, so paging back and forth does not decode again
 _ALL = ""  # class-filter value meaning "every class" (a class folder can never be named "")
 _OUTCOMES = ("all", "right", "wrong")
+# An image file -> its heat-map overlay (see `plantlib.explain.overlay_function`).
+HeatMap = Callable[[Path], Image.Image]
 
 
 class ProbabilityModel(Protocol):
@@ -80,8 +82,10 @@ class PredictionBrowser:
     without true labels (plain predictions) filter by predicted class and leave the right/wrong toggle disabled.
     """
 
-    def __init__(self, frame: pd.DataFrame, root: Path | None = None) -> None:
+    def __init__(self, frame: pd.DataFrame, root: Path | None = None, heatmap: HeatMap | None = None) -> None:
         check_predictions_frame(frame)
+        self.heatmap = heatmap
+        self._heatmaps: dict[Path, bytes | str] = {}
         self.frame = frame.reset_index(drop=True)
         self.root = Path(root) if root is not None else None
         self.classes = class_columns(frame)
@@ -102,13 +106,14 @@ class PredictionBrowser:
         self.count_label = widgets.Label()
         self.message = widgets.HTML()
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{THUMBNAIL_SIDE}px"))
+        self.heat = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{THUMBNAIL_SIDE}px", display="none"))
         self.details = widgets.HTML()
         self.widget = widgets.VBox(
             [
                 widgets.HBox([self.class_filter, self.outcome_filter]),
                 widgets.HBox([self.previous_button, self.slider, self.next_button, self.count_label]),
                 self.message,
-                widgets.HBox([self.image, self.details]),
+                widgets.HBox([self.image, self.heat, self.details]),
             ]
         )
 
@@ -159,22 +164,30 @@ class PredictionBrowser:
             self.message.value = f"<i>No images match {html.escape(chosen)}{outcome}.</i>"
             self.image.value = b""
             self.image.layout.display = "none"
+            self.heat.layout.display = "none"
             self.details.value = ""
             return
         self.message.value = ""
-        thumbnail = self._thumbnail(resolve_path(row["path"], self.root))
+        path = resolve_path(row["path"], self.root)
+        thumbnail = self._thumbnail(path)
         if isinstance(thumbnail, bytes):
             self.image.value = thumbnail
             self.image.layout.display = None
         else:
             self.image.value = b""
             self.image.layout.display = "none"
-        self.details.value = self._details_html(row, None if isinstance(thumbnail, bytes) else thumbnail)
+        heat = self._heat(path) if self.heatmap is not None and isinstance(thumbnail, bytes) else None
+        self.heat.value = heat if isinstance(heat, bytes) else b""
+        self.heat.layout.display = None if isinstance(heat, bytes) else "none"
+        problem = heat if isinstance(heat, str) else None
+        self.details.value = self._details_html(row, None if isinstance(thumbnail, bytes) else thumbnail, problem)
 
-    def _details_html(self, row: pd.Series, unreadable: str | None) -> str:
+    def _details_html(self, row: pd.Series, unreadable: str | None, heat_problem: str | None = None) -> str:
         lines = [f"<code>{html.escape(str(row['path']))}</code>"]
         if unreadable is not None:
             lines.append(_error_html(f"cannot show the image: {unreadable}"))
+        if heat_problem is not None:
+            lines.append(_error_html(f"no heat map: {heat_problem}"))
         if "true" in row.index:
             lines.append(f"true: <b>{html.escape(str(row['true']))}</b>")
         verdict = ""
@@ -195,6 +208,15 @@ class PredictionBrowser:
                 self._thumbnails[path] = str(error)
         return self._thumbnails[path]
 
+    def _heat(self, path: Path) -> bytes | str:
+        """JPEG bytes of the heat-map overlay for `path` (computed once per image), or why there is none."""
+        if path not in self._heatmaps:
+            try:
+                self._heatmaps[path] = _thumbnail_jpeg(self.heatmap(path))  # type: ignore[misc]
+            except Exception as error:  # shown beside the image: a callback's error would go unseen
+                self._heatmaps[path] = f"{type(error).__name__}: {error}"
+        return self._heatmaps[path]
+
     def _on_filter(self, _change: dict[str, Any]) -> None:
         self.apply_filters()
 
@@ -202,22 +224,24 @@ class PredictionBrowser:
         self.render()
 
 
-def prediction_browser(frame: pd.DataFrame, root: Path | None = None) -> widgets.Widget:
+def prediction_browser(frame: pd.DataFrame, root: Path | None = None, heatmap: HeatMap | None = None) -> widgets.Widget:
     """Page through predictions in JupyterLab: filter by true class and right/wrong, see image and probabilities.
 
     `frame` comes from `plantlib.evaluate.predictions_frame`; relative paths in it are resolved against `root`.
+    `heatmap` (e.g. `plantlib.explain.overlay_function(loaded)`) adds each image's heat-map overlay beside it.
     """
-    return PredictionBrowser(frame, root).widget
+    return PredictionBrowser(frame, root, heatmap).widget
 
 
 # --- upload and classify -----------------------------------------------------------------------------------------
 
 
-def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str, Any]:
+def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str, heatmap: HeatMap | None = None) -> dict[str, Any]:
     """Classify one image given as file bytes (an upload); `name` only supplies the file suffix.
 
-    Returns `predicted`, `confidence`, `probabilities` ({class: p}), `thumbnail` (JPEG bytes) and `error`: None,
-    or the reason the bytes are not a usable image, in which case the other values are None.
+    Returns `predicted`, `confidence`, `probabilities` ({class: p}), `thumbnail` (JPEG bytes), `heatmap` (JPEG
+    bytes of `heatmap`'s overlay, when given) and `error`: None, or the reason the bytes are not a usable image,
+    in which case the other values are None.
     """
     result: dict[str, Any] = {
         "name": name,
@@ -225,6 +249,7 @@ def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str
         "confidence": None,
         "probabilities": None,
         "thumbnail": None,
+        "heatmap": None,
         "error": None,
     }
     with tempfile.TemporaryDirectory(prefix="plantlib-upload-") as folder:
@@ -236,6 +261,7 @@ def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str
             result["error"] = f"{name}: {error}"
             return result
         probs = np.asarray(loaded.probabilities([path]), dtype=np.float64)[0]
+        heat = _thumbnail_jpeg(heatmap(path)) if heatmap is not None else None
     if probs.shape != (len(loaded.class_names),):
         raise ValueError(
             f"the model returned {probs.shape[0]} probabilities for classes {loaded.class_names}; "
@@ -247,6 +273,7 @@ def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str
         confidence=float(probs[best]),
         probabilities={c: float(p) for c, p in zip(loaded.class_names, probs, strict=True)},
         thumbnail=_thumbnail_jpeg(image),
+        heatmap=heat,
     )
     return result
 
@@ -254,13 +281,15 @@ def classify_bytes(loaded: ProbabilityModel, data: bytes, name: str) -> dict[str
 class UploadClassifier:
     """State and widgets of `upload_classifier`; `widget` is what a notebook displays."""
 
-    def __init__(self, loaded: ProbabilityModel) -> None:
+    def __init__(self, loaded: ProbabilityModel, heatmap: HeatMap | None = None) -> None:
         self.loaded = loaded
+        self.heatmap = heatmap
         self.last_result: dict[str, Any] | None = None
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image")
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(display="none"))
+        self.heat = widgets.Image(format="jpeg", layout=widgets.Layout(display="none"))
         self.result = widgets.HTML("<i>Upload an image to classify it.</i>")
-        self.widget = widgets.VBox([self.upload, widgets.HBox([self.image, self.result])])
+        self.widget = widgets.VBox([self.upload, widgets.HBox([self.image, self.heat, self.result])])
         self.upload.observe(self._on_upload, names="value")
 
     def handle(self, value: Sequence[Mapping[str, Any]]) -> None:
@@ -269,17 +298,22 @@ class UploadClassifier:
             return  # the value was cleared
         entry = value[0]
         try:
-            result = classify_bytes(self.loaded, bytes(entry["content"]), str(entry.get("name", "upload")))
+            result = classify_bytes(
+                self.loaded, bytes(entry["content"]), str(entry.get("name", "upload")), self.heatmap
+            )
         except Exception as error:  # a callback's exception only reaches the kernel log; show it where people look
             result = {"error": f"classification failed: {type(error).__name__}: {error}", "thumbnail": None}
         self.last_result = result
         if result["error"] is not None:
             self.image.value = b""
             self.image.layout.display = "none"
+            self.heat.layout.display = "none"
             self.result.value = _error_html(result["error"])
             return
         self.image.value = result["thumbnail"]
         self.image.layout.display = None
+        self.heat.value = result.get("heatmap") or b""
+        self.heat.layout.display = None if result.get("heatmap") else "none"
         self.result.value = (
             f"<code>{html.escape(result['name'])}</code><br>"
             f"predicted: <b>{html.escape(result['predicted'])}</b> (p={result['confidence']:.2f})"
@@ -290,6 +324,7 @@ class UploadClassifier:
         self.handle(change["new"])
 
 
-def upload_classifier(loaded: ProbabilityModel) -> widgets.Widget:
-    """An upload box that classifies the image you drop on it with `loaded` (a `LoadedModel`)."""
-    return UploadClassifier(loaded).widget
+def upload_classifier(loaded: ProbabilityModel, heatmap: HeatMap | None = None) -> widgets.Widget:
+    """An upload box that classifies the image you drop on it with `loaded` (a `LoadedModel`), with its heat map
+    beside it when `heatmap` is given."""
+    return UploadClassifier(loaded, heatmap).widget

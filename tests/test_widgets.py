@@ -119,6 +119,32 @@ def test_browser_builds_and_shows_the_first_row(frame: pd.DataFrame, root: Path)
     assert browser.message.value == ""
 
 
+def test_browser_and_upload_box_show_a_heat_map_beside_the_image(frame: pd.DataFrame, root: Path) -> None:
+    seen: list[Path] = []
+
+    def heat(path: Path) -> Image.Image:
+        seen.append(Path(path))
+        return Image.new("RGB", (64, 64), (255, 0, 0))
+
+    browser = PredictionBrowser(frame, root, heatmap=heat)
+    assert bytes(browser.heat.value).startswith(JPEG_START) and browser.heat.layout.display is None
+    assert seen == [root / "dandelion" / "d0.png"]
+    browser.step(1)
+    browser.step(-1)
+    assert len(seen) == 2  # computed once per image
+
+    def broken(path: Path) -> Image.Image:
+        raise RuntimeError("no gradients")
+
+    failing = PredictionBrowser(frame, root, heatmap=broken)
+    assert failing.heat.layout.display == "none" and "no heat map: RuntimeError: no gradients" in failing.details.value
+    assert PredictionBrowser(frame, root).heat.layout.display == "none"  # none asked for
+
+    box = UploadClassifier(ColourModel(), heatmap=heat)
+    box.upload.value = upload_value("lawn.png", png_bytes(GREEN))
+    assert bytes(box.heat.value).startswith(JPEG_START) and box.heat.layout.display is None
+
+
 def test_filters_change_count_and_shown_row(frame: pd.DataFrame, root: Path) -> None:
     browser = PredictionBrowser(frame, root)
     browser.class_filter.value = "grass"
@@ -250,6 +276,11 @@ def test_static_gallery_groups_by_class_and_outcome(frame: pd.DataFrame, root: P
     labels = [ax.get_ylabel() for ax in axes if ax.get_ylabel()]
     assert labels == ["dandelion\nright (2 of 2)", "dandelion\nwrong (1 of 1)", "grass\nright (3 of 3)"]
     fig.savefig(BytesIO(), format="png", dpi=30)
+
+    overlaid = static_prediction_gallery(frame, root, heatmap=lambda path: Image.new("RGB", (8, 8), (255, 0, 0)))
+    tiles = [ax.images[0].get_array() for ax in image_axes(overlaid)]
+    assert len(tiles) == 6 and all((tile[..., 0] == 255).all() and (tile[..., 1] == 0).all() for tile in tiles)
+    assert "Grad-CAM" in overlaid.get_suptitle()
 
 
 def test_static_gallery_limits_each_group(frame: pd.DataFrame, root: Path) -> None:

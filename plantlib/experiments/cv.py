@@ -185,18 +185,60 @@ def _run_fold(
     return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run_dir)}
 
 
-def _summarise(cv_dir: Path, rows: list[dict[str, Any]], classes: list[str]) -> CrossValidation:
-    """Out-of-fold predictions of every repeat, and metrics pooled over the pool (repeats averaged per image)."""
-    parts = []
-    for row in rows:
-        frame = pd.read_csv(Path(row["run_dir"]) / "predictions.csv")
-        parts.append(frame.assign(repeat=row["repeat"], fold=row["fold"]))
+def _summarise(
+    cv_dir: Path, rows: list[dict[str, Any]], classes: list[str], frames: list[pd.DataFrame] | None = None
+) -> CrossValidation:
+    """Out-of-fold predictions of every repeat, and metrics pooled over the pool (repeats averaged per image).
+
+    `frames` are the folds' held-out predictions; by default each fold run's saved predictions.csv.
+    """
+    if frames is None:
+        frames = [pd.read_csv(Path(row["run_dir"]) / "predictions.csv") for row in rows]
+    parts = [frame.assign(repeat=row["repeat"], fold=row["fold"]) for frame, row in zip(frames, rows, strict=True)]
     oof = pd.concat(parts, ignore_index=True)
     atomic_write(cv_dir / OOF_FILE, lambda handle: oof.to_csv(handle, index=False, lineterminator="\n"))
     averaged = pooled_predictions(oof, classes)
     y_true = averaged["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     metrics = compute_metrics(y_true, averaged[[f"p_{c}" for c in classes]].to_numpy(), classes)
     return CrossValidation(cv_dir, metrics, pd.DataFrame(rows), oof)
+
+
+def reevaluate_out_of_fold(
+    cv_dir: Path, tta: bool = False, device: str = "auto", engine: str = "auto"
+) -> CrossValidation:
+    """Each fold's best model on its own held-out fold again, here with test-time augmentation, pooled the same way.
+
+    Written as a sibling cross-validation directory (`<cv_dir>-tta`) with the same folds, so `plantlib compare`
+    pairs it image by image with the original. Nothing is trained.
+    """
+    from plantlib.checkpoint import BEST_CHECKPOINT
+    from plantlib.inference import evaluate_split, load_model
+
+    cv_dir = Path(cv_dir)
+    saved = json.loads((cv_dir / CV_FILE).read_text(encoding="utf-8"))
+    if saved.get("status") != "finished":
+        raise ConfigError(f"{cv_dir} is not a finished cross-validation; finish it with plantlib cv --resume {cv_dir}")
+    target = cv_dir.with_name(f"{cv_dir.name}-{'tta' if tta else 'reevaluated'}")
+    target.mkdir(parents=True, exist_ok=True)
+    rows, frames, classes = [], [], []
+    for repeat in range(saved["repeats"]):
+        for fold in range(saved["folds"]):
+            run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
+            loaded = load_model(run_dir / BEST_CHECKPOINT, device=device, engine=engine, tta=tta)
+            metrics, frame = evaluate_split(loaded, "test", save=False)
+            classes = loaded.class_names
+            frames.append(frame)
+            rows.append(
+                {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"]}
+                | {"run_dir": str(run_dir), "repeat": repeat, "fold": fold}
+            )
+    result = _summarise(target, rows, classes, frames)
+    summary = {**saved, "tta": tta, "source": str(cv_dir), "pooled": _headline(result.metrics)}
+    summary["per_fold"] = _fold_spread(result.folds)
+    write_json(target / CV_FILE, summary)
+    assignment = (cv_dir / "folds.csv").read_text(encoding="utf-8")  # the same folds, for whoever pairs the two
+    atomic_write(target / "folds.csv", lambda handle: handle.write(assignment))
+    return CrossValidation(target, result.metrics, result.folds, result.oof)
 
 
 def pooled_predictions(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -1,0 +1,173 @@
+"""Why did the model say that? Class-activation heat maps (Grad-CAM, Grad-CAM++) through torchcam.
+
+Maps are always computed on the torch network of a loaded checkpoint, also when its predictions come from
+OpenVINO: the compiled graph has no gradients. The layer a map is read from is the backbone's last convolutional
+feature map, named per backbone in the model registry (`BackboneSpec.cam_layer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from plantlib.data.names import as_text
+from plantlib.errors import ConfigError, DataError
+from plantlib.inference import LoadedModel, readable_images
+from plantlib.models import cam_target_layer
+
+CAM_METHODS = ("gradcam", "gradcampp")
+OVERLAY_ALPHA = 0.5  # share of the photo in an overlay; the rest is the heat map's colour
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One image explained: what the model predicted, how sure it was, and where it looked."""
+
+    path: Path
+    predicted: str
+    probability: float
+    heatmap: np.ndarray  # (H, W) in [0, 1] at the network's input crop, 1 = most evidence for `predicted`
+    crop: Image.Image  # the centre crop the network saw, for overlays
+
+
+def _cam_extractor(method: str, model: torch.nn.Module, layer: torch.nn.Module):  # type: ignore[no-untyped-def]
+    from torchcam.methods import GradCAM, GradCAMpp
+
+    if method not in CAM_METHODS:
+        raise ConfigError(f"method={method!r} is not one of {', '.join(CAM_METHODS)}")
+    return (GradCAM if method == "gradcam" else GradCAMpp)(model, target_layer=layer)
+
+
+def explain_files(
+    loaded: LoadedModel, files: Sequence[Path], method: str = "gradcam", batch_size: int = 16
+) -> list[Explanation]:
+    """Heat maps for readable image files, each for its predicted class (eager torch, gradients on)."""
+    model = loaded.model
+    layer = cam_target_layer(model)
+    crops = loaded.image_cache()
+    results: list[Explanation] = []
+    with _cam_extractor(method, model, layer) as extractor:
+        for start in range(0, len(files), batch_size):
+            chunk = list(files[start : start + batch_size])
+            images = torch.stack([_normalised_crop(loaded, crops.get(Path(f))) for f in chunk]).to(loaded.device)
+            images.requires_grad_(True)  # frozen leading blocks must not cut the path the gradients take
+            with torch.enable_grad():
+                scores = model(images)
+                probabilities = torch.softmax(scores.detach().float(), dim=1)
+                predicted = probabilities.argmax(1).tolist()
+                maps = extractor(class_idx=predicted, scores=scores)[0].detach()
+            size = loaded.image_size
+            upsampled = torch.nn.functional.interpolate(maps[:, None], size=(size, size), mode="bilinear")[:, 0]
+            for file, index, heat, probs in zip(chunk, predicted, upsampled, probabilities, strict=True):
+                results.append(
+                    Explanation(
+                        path=Path(file),
+                        predicted=loaded.class_names[index],
+                        probability=float(probs[index]),
+                        heatmap=heat.clamp(0, 1).cpu().numpy(),
+                        crop=_visible_crop(loaded, crops.get(Path(file))),
+                    )
+                )
+    return results
+
+
+def _normalised_crop(loaded: LoadedModel, image: Image.Image) -> torch.Tensor:
+    from plantlib.data import eval_transform
+
+    return eval_transform(loaded.image_size, loaded.normalization, normalize=True)(image)
+
+
+def _visible_crop(loaded: LoadedModel, image: Image.Image) -> Image.Image:
+    """The same centre crop the network saw, as a picture (uint8 RGB)."""
+    from plantlib.data import eval_transform
+
+    crop = eval_transform(loaded.image_size, loaded.normalization, normalize=False)(image)
+    array = crop.numpy() if crop.dtype == torch.uint8 else (crop.clamp(0, 1) * 255).round().byte().numpy()
+    return Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)))
+
+
+def overlay(explanation: Explanation, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """The crop with its heat map laid over it in the 'jet' colours (red: most evidence)."""
+    from torchcam.utils import overlay_mask
+
+    mask = Image.fromarray((explanation.heatmap * 255).astype(np.uint8), mode="L")
+    return overlay_mask(explanation.crop, mask, colormap="jet", alpha=alpha)
+
+
+def overlay_function(loaded: LoadedModel, method: str = "gradcam") -> Callable[[Path], Image.Image]:
+    """An image file -> its heat-map overlay, for the JupyterLab prediction browser and upload box."""
+    return lambda path: overlay(explain_files(loaded, [Path(path)], method)[0])
+
+
+def caption(explanation: Explanation, true: str | None = None) -> str:
+    """ "name: true → predicted (p=…)", or "name: predicted (p=…)" without a label."""
+    label = f"{true} → " if true is not None else ""
+    return f"{Path(as_text(explanation.path)).name}: {label}{explanation.predicted} (p={explanation.probability:.2f})"
+
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """Where a map is hottest, as (x, y) fractions of the crop's width and height (0,0 = top left)."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return (column + 0.5) / heatmap.shape[1], (row + 0.5) / heatmap.shape[0]
+
+
+def explain_predictions(
+    loaded: LoadedModel, predictions: pd.DataFrame, root: Path | None, per_group: int = 4, method: str = "gradcam"
+) -> list[tuple[Image.Image, Image.Image, str]]:
+    """(crop, overlay, caption) for the most confidently wrong and then the most confidently right predictions.
+
+    `predictions` is an evaluation's frame (path, true, predicted, confidence, correct); relative paths are
+    resolved against `root`. The captions carry the true class, so a wrong one reads "grass → dandelion".
+    """
+    from plantlib.data.names import file_in
+
+    ranked = predictions.sort_values("confidence", ascending=False, kind="stable")
+    chosen = pd.concat(
+        [ranked[~ranked["correct"].astype(bool)].head(per_group), ranked[ranked["correct"]].head(per_group)]
+    )
+    if chosen.empty:
+        return []
+    explained = explain_files(loaded, [file_in(root, path) for path in chosen["path"]], method)
+    return [(e.crop, overlay(e), caption(e, true)) for e, true in zip(explained, chosen["true"], strict=True)]
+
+
+def explain_to_folder(
+    loaded: LoadedModel, paths: Sequence[Path], out_dir: Path, method: str = "gradcam"
+) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """One PNG per readable image (image | overlay, titled) and explanations.csv in `out_dir`.
+
+    Unreadable files are skipped with a warning and returned with the reason, as everywhere else.
+    """
+    from plantlib.io import write_text
+    from plantlib.plots import plot_explanations, save_figure
+
+    with loaded.preprocessing_threads():
+        files, skipped = readable_images(paths, loaded.image_cache())
+    if not files:
+        raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
+    explanations = explain_files(loaded, files, method)
+    out_dir = Path(out_dir)
+    rows = []
+    for number, item in enumerate(explanations):
+        png = out_dir / f"{number:04d}-{Path(as_text(item.path)).stem[:60]}.png"
+        save_figure(plot_explanations([(item.crop, overlay(item), caption(item))], method=method), png)
+        x, y = heatmap_peak(item.heatmap)
+        rows.append(
+            {
+                "path": as_text(item.path),
+                "predicted": item.predicted,
+                "probability": item.probability,
+                "peak_x": round(x, 3),
+                "peak_y": round(y, 3),
+                "heatmap": png.name,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    write_text(out_dir / "explanations.csv", frame.to_csv(index=False))
+    return frame, skipped

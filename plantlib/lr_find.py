@@ -1,0 +1,94 @@
+"""Learning-rate range test (fastai / Lightning style): which learning rate should a run start from?
+
+Training steps with the rate growing exponentially from `start_lr` to `end_lr`; the loss falls, flattens, then
+blows up. The suggestion is the rate where the smoothed loss falls fastest (steepest descent against log rate),
+the same rule as Lightning's `lr_find`. Every parameter group keeps its ratio to the head's rate (e.g. the
+backbone's `backbone_lr_factor`), and nothing is kept: the model and optimiser are thrown away afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plantlib.config import RunConfig
+from plantlib.errors import ConfigError
+from plantlib.io import write_json
+from plantlib.loop import set_training_mode
+from plantlib.paths import artifacts_dir
+from plantlib.runtime import maybe_autocast
+from plantlib.train import Trainer
+
+SMOOTHING = 0.98  # exponential moving average of the loss, as fastai
+DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
+
+
+@dataclass(frozen=True)
+class LrFindResult:
+    learning_rates: list[float]
+    losses: list[float]  # smoothed, one per step
+    suggestion: float | None  # None when the loss never fell
+    out_dir: Path
+
+
+def suggest_learning_rate(learning_rates: list[float], losses: list[float], skip: int = 5) -> float | None:
+    """The rate with the steepest fall of the smoothed loss against log rate; None when it never falls."""
+    if len(losses) < skip + 3:
+        return None
+    logs = np.log10(np.asarray(learning_rates[skip:]))
+    values = np.asarray(losses[skip:])
+    slopes = np.gradient(values, logs)
+    steepest = int(np.argmin(slopes))
+    return float(10 ** logs[steepest]) if slopes[steepest] < 0 else None
+
+
+def find_learning_rate(
+    config: RunConfig, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100, out_dir: Path | None = None
+) -> LrFindResult:
+    """Run the range test for `config` (its data, model, frozen blocks and optimiser) and save plot + JSON."""
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(f"need 0 < start_lr < end_lr; got {start_lr} and {end_lr}")
+    if steps < 10:
+        raise ConfigError(f"steps={steps} is too few for a range test; use 50 or more")
+    out_dir = Path(out_dir or artifacts_dir() / "lr_find" / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}")
+    trainer = Trainer(config, run_dir=out_dir, show_progress=False)
+    optimizer, loss_fn = trainer.optimization.optimizer, trainer.optimization.loss_fn
+    ratios = [group["lr"] / config.learning_rate for group in optimizer.param_groups]
+    set_training_mode(trainer.model, True, config.frozen_blocks, config.freeze_bn)
+    rates, smoothed, average, best = [], [], 0.0, math.inf
+    batches = iter(())
+    for step in range(steps):
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(trainer.loaders.train)
+            images, targets = next(batches)
+        rate = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            group["lr"] = rate * ratio
+        images, targets = images.to(trainer.device), targets.to(trainer.device)
+        with maybe_autocast(trainer.device, trainer.train_dtype):
+            loss = loss_fn(trainer.model(images).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss.item()
+        value = average / (1 - SMOOTHING ** (step + 1))  # bias-corrected
+        rates.append(rate)
+        smoothed.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or value > DIVERGED * best:
+            break
+    suggestion = suggest_learning_rate(rates, smoothed)
+    write_json(
+        out_dir / "lr_find.json",
+        {"config": config.to_dict(), "learning_rates": rates, "losses": smoothed, "suggestion": suggestion},
+    )
+    from plantlib.plots import plot_lr_find, save_figure
+
+    save_figure(plot_lr_find(rates, smoothed, suggestion), out_dir / "lr_find.png")
+    return LrFindResult(rates, smoothed, suggestion, out_dir)
