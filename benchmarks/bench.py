@@ -198,6 +198,16 @@ def tables(results: dict[str, Any]) -> str:
             f"{ours_inf['batched_images_per_s']:.1f} "
             f"| {ratio(ours_inf['batched_images_per_s'], ref_inf['batched_images_per_s']):.2f}× |",
         ]
+        tta = results["inference"].get("plantlib_tta")
+        if tta:
+            lines += [
+                f"| plantlib with test-time augmentation (3 views): single image, median ms | | "
+                f"{tta['single_image_ms']:.1f} | {ratio(tta['single_image_ms'], ours_inf['single_image_ms']):.2f}× "
+                "plain plantlib's |",
+                f"| plantlib with test-time augmentation: batched (32), images/s | | "
+                f"{tta['batched_images_per_s']:.1f} | "
+                f"{ratio(tta['batched_images_per_s'], ours_inf['batched_images_per_s']):.2f}× plain plantlib's |",
+            ]
     if results.get("scaling"):
         lines += [
             "",
@@ -359,6 +369,13 @@ def main() -> None:
             "reference": run("inference", recipe="reference", device=args.device),
             "plantlib": run(
                 "inference", recipe="plantlib", checkpoint=results["default_run"]["checkpoint"], device=args.device
+            ),
+            "plantlib_tta": run(
+                "inference",
+                recipe="plantlib",
+                checkpoint=results["default_run"]["checkpoint"],
+                device=args.device,
+                tta=True,
             ),
         }
     write_json(partial, results)

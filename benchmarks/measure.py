@@ -146,8 +146,11 @@ def _latency_ms(predict_one: Callable[[Path], Any], files: list[Path]) -> float:
     return statistics.median(times) * 1000
 
 
-def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Single-image latency (decode + preprocess + forward, fresh file each time) and batched throughput."""
+def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu", tta: bool = False) -> dict[str, Any]:
+    """Single-image latency (decode + preprocess + forward, fresh file each time) and batched throughput.
+
+    `tta` measures plantlib with test-time augmentation (three forward passes per image).
+    """
     data = prepare_data(bench_config(), show_progress=False)
     files = data.frame("test")["file"].tolist()
     engine = "torch"
@@ -161,7 +164,7 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -
         from plantlib.inference import load_model
 
         # Probabilities from the Python API (as the notebooks' predict widget), like the reference's functions.
-        loaded = load_model(Path(checkpoint), device=device)
+        loaded = load_model(Path(checkpoint), device=device, tta=tta)
         predict_one = lambda file: loaded.probabilities([file])  # noqa: E731
         predict_all = lambda: loaded.probabilities(files)  # noqa: E731
         engine = loaded.engine
@@ -174,6 +177,7 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu") -
         rates.append(len(files) / (time.perf_counter() - started))
     return {
         "recipe": recipe,
+        "tta": tta,
         "device": device,
         "engine": engine,
         "single_image_ms": latency,

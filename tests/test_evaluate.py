@@ -46,7 +46,12 @@ def test_perfect_predictions_score_one_with_a_degenerate_interval() -> None:
     assert metrics["n"] == 6
     assert metrics["accuracy"] == metrics["precision"] == metrics["recall"] == metrics["f1"] == 1.0
     assert metrics["roc_auc"] == 1.0
-    assert metrics["ci95"] == {"accuracy": [1.0, 1.0], "f1_macro": [1.0, 1.0]}
+    assert metrics["ci95"] == {
+        "accuracy": [1.0, 1.0],
+        "f1_macro": [1.0, 1.0],
+        "log_loss": [0.0, 0.0],
+        "ece": [0.0, 0.0],
+    }
     assert metrics["ece"] == pytest.approx(0.0)
     assert metrics["confusion_matrix"] == [[3, 0], [0, 3]]
 
@@ -63,7 +68,7 @@ def test_known_confusion_matrix_and_per_class_scores() -> None:
     assert (grass["precision"], grass["recall"], grass["support"]) == (pytest.approx(2 / 3), 1.0, 2)
     assert dandelion["f1"] == pytest.approx(0.8) and grass["f1"] == pytest.approx(0.8)
     assert metrics["f1"] == pytest.approx(0.8)
-    assert metrics["ci95"] == {"accuracy": None, "f1_macro": None}
+    assert metrics["ci95"] == {"accuracy": None, "f1_macro": None, "log_loss": None, "ece": None}
     assert "dandelion" in metrics["classification_report"]
     assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.9, 0.9, 0.9])))
 

@@ -21,6 +21,7 @@ from scipy.stats import binomtest
 from plantlib.errors import PlantlibError
 from plantlib.evaluate import class_columns, compute_metrics
 from plantlib.experiments.cv import CV_FILE, OOF_FILE, pooled_predictions
+from plantlib.io import read_json
 
 NOT_DISTINGUISHABLE = "not distinguishable at 95%"
 
@@ -41,9 +42,9 @@ def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
         oof = pd.read_csv(path / OOF_FILE)
         predictions = pooled_predictions(oof, class_columns(oof))
         config = json.loads((path / CV_FILE).read_text(encoding="utf-8"))["config"]
-    elif (path / "predictions.csv").is_file():
+    elif (path / "predictions.csv").is_file():  # a run, or an ensemble's evaluation (no config of its own)
         predictions = pd.read_csv(path / "predictions.csv")
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = read_json(path / "config.json") or {"backbone": "ensemble"}
     else:
         raise PlantlibError(f"{path} is neither a cross-validation directory nor a finished run directory")
     return Evaluated(name or f"{config['backbone']} ({path.name})", predictions, path)
