@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from plantlib.explain import explain_files, heatmap_peak, overlay
@@ -73,3 +74,17 @@ def test_explain_command_writes_a_png_per_image_and_a_csv_and_skips_bad_files(
     assert list(table["path"]) == files and set(table["predicted"]) <= {"plain", "square"}
     assert [p.name for p in sorted(out.glob("*.png"))] == list(table["heatmap"])
     assert all(Image.open(out / name).size[0] > 300 for name in table["heatmap"])  # image and overlay side by side
+
+
+def test_every_registered_backbone_names_a_layer_that_gives_a_map() -> None:
+    from torchcam.methods import GradCAM
+
+    from plantlib.models import backbone_names, build_model, cam_target_layer
+
+    for name in backbone_names():
+        model = build_model(name, 2, pretrained=False, head="linear").eval()
+        images = torch.rand(2, 3, 96, 96, requires_grad=True)
+        with GradCAM(model, target_layer=cam_target_layer(model)) as extractor:
+            scores = model(images)
+            [maps] = extractor(class_idx=[0, 1], scores=scores)
+        assert maps.shape[0] == 2 and maps.dim() == 3 and maps.shape[1] >= 3, name  # a spatial map, not a vector
