@@ -184,3 +184,12 @@ def test_compare_cli_reads_cv_directories(tmp_path: Path) -> None:
     done = run_cli("compare", str(tmp_path / "good"), str(tmp_path / "bad"))
     assert done.returncode == 0, done.stderr
     assert "good (good) better than bad (bad)" in done.stdout and "best: good (good)" in done.stdout
+
+
+def test_configurations_are_named_by_the_recipe_fields_that_differ_from_the_defaults() -> None:
+    from plantlib.experiments.compare import configuration_name
+
+    config = {"backbone": "efficientnet_lite0", "mixup_alpha": 0.2, "data_dir": "/elsewhere", "epochs": 6}
+    assert configuration_name(config, Path("cv/a")) == "efficientnet_lite0, mixup_alpha=0.2 (a)"
+    many = {"backbone": "b", "dropout": 0.3, "epochs": 2, "seed": 1, "head": "linear"}
+    assert configuration_name(many, Path("x")).endswith(" … (x)")

@@ -47,7 +47,40 @@ def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
         config = read_json(path / "config.json") or {"backbone": "ensemble"}
     else:
         raise PlantlibError(f"{path} is neither a cross-validation directory nor a finished run directory")
-    return Evaluated(name or f"{config['backbone']} ({path.name})", predictions, path)
+    return Evaluated(name or configuration_name(config, path), predictions, path)
+
+
+# Where and how a run executes, not what it learns: left out of a configuration's name.
+_NOT_RECIPE = {
+    "data_dir",
+    "split_file",
+    "new_split",
+    "output_dir",
+    "device",
+    "precision",
+    "num_workers",
+    "tracking",
+    "tracking_uri",
+    "experiment",
+    "tracking_parent",
+    "backbone",
+    "max_batches",
+    "fast",
+}
+
+
+def configuration_name(config: dict, path: Path, most: int = 3) -> str:
+    """ "backbone, field=value… (folder)": the recipe fields that differ from the defaults tell two CVs apart."""
+    from plantlib.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    changed = [
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in config.items()
+        if key in defaults and key not in _NOT_RECIPE and value != defaults[key]
+    ]
+    shown = ", ".join([str(config.get("backbone", "?")), *changed[:most]]) + (" …" if len(changed) > most else "")
+    return f"{shown} ({path.name})"
 
 
 def paired_bootstrap_ci(
