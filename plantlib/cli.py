@@ -222,8 +222,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         metrics, _ = evaluate_split(predictor, args.split)
         where = f"{args.split} split"
-    what = " + ".join(map(str, args.checkpoints)) + (" with test-time augmentation" if args.tta else "")
-    print(f"{what} on {where}:\n{format_metrics(metrics)}")
+    print(f"{predictor.description} on {where}:\n{format_metrics(metrics)}")
     for kind, path in metrics.get("files", {}).items():
         print(f"{kind}: {path}")
     return 0

@@ -53,6 +53,11 @@ class Ensemble:
     def evaluation_dir(self) -> Path:
         return self.output_dir
 
+    @property
+    def description(self) -> str:
+        tta = " with test-time augmentation" if self.members[0].tta else ""
+        return f"ensemble of {len(self.members)} checkpoints ({self.members[0].checkpoint_path}, …){tta}"
+
     def image_cache(self) -> DecodedImageCache:
         """One decode per image for every member: kept at the largest member's resize side."""
         return DecodedImageCache(max_side=max(resize_side(member.image_size) for member in self.members))

@@ -46,6 +46,9 @@ class Predictor(Protocol):
     @property
     def test_split(self) -> str: ...  # the split label of held-out images never used in training
 
+    @property
+    def description(self) -> str: ...  # what is predicting, for messages
+
     def image_cache(self) -> DecodedImageCache: ...
 
     def probabilities(
@@ -82,6 +85,10 @@ class LoadedModel:
     @property
     def test_split(self) -> str:
         return "test"
+
+    @property
+    def description(self) -> str:
+        return f"{self.checkpoint_path}" + (" with test-time augmentation" if self.tta else "")
 
     @property
     def takes_uint8(self) -> bool:

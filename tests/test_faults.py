@@ -131,7 +131,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_result(
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(data_dir: Path, tmp_path: Path) -> None:
-    process = start_training(data_dir, tmp_path, "--epochs", "30")
+    process = start_training(data_dir, tmp_path, "--epochs", "4")  # epoch 1 saved, then Ctrl-C: 3 left to resume
     run_dir = run_dir_in(tmp_path)
     wait_for_new_checkpoint(process, run_dir / "last.pt", None)
     process.send_signal(signal.SIGINT)

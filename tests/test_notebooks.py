@@ -55,3 +55,13 @@ def test_an_unknown_parameter_fails_inside_the_notebook(tmp_path: Path) -> None:
             progress_bar=False,
             cwd=str(NOTEBOOK_FILES[0].parent),
         )
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebooks_are_valid_nbformat_with_cell_ids(path: Path) -> None:
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    nbformat.validate(notebook)
+    ids = [cell.get("id") for cell in notebook.cells]
+    assert all(ids) and len(set(ids)) == len(ids), ids  # missing ids make nbformat warn on every report
