@@ -23,8 +23,14 @@ def home_contents(tmp: Path) -> list[str]:
     return sorted(str(p.relative_to(tmp / "home")) for p in (tmp / "home").rglob("*"))
 
 
+def run_guarded_python(code: str, tmp: Path) -> None:
+    """`python -c code` under the network guard with an empty HOME (variables given as None are unset)."""
+    merged = {**os.environ, **guarded_environment(tmp)}
+    env = {name: value for name, value in merged.items() if value is not None}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
 def test_the_guard_catches_a_lookup_and_a_connection(tmp_path: Path) -> None:
-    env = {**os.environ, **{k: v for k, v in guarded_environment(tmp_path).items() if v is not None}}
     probe = (
         "import socket, urllib.request\n"
         "for attempt in (lambda: urllib.request.urlopen('http://example.org', timeout=2),\n"
@@ -32,7 +38,7 @@ def test_the_guard_catches_a_lookup_and_a_connection(tmp_path: Path) -> None:
         "    try: attempt()\n"
         "    except OSError: pass\n"
     )
-    subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=60)
+    run_guarded_python(probe, tmp_path)
     attempts = network_attempts(tmp_path)
     assert any("name lookup 'example.org'" in line for line in attempts), attempts
     assert any("connect ('192.0.2.1', 80)" in line for line in attempts), attempts
@@ -63,14 +69,13 @@ def test_train_evaluate_and_predict_connect_nowhere_and_leave_home_empty(tmp_pat
 
 
 def test_openvino_is_imported_without_its_telemetry(tmp_path: Path) -> None:
-    env = {**os.environ, **{k: v for k, v in guarded_environment(tmp_path).items() if v is not None}}
     code = (
         "import sys\n"
         "from plantlib.engine import import_openvino\n"
         "openvino = import_openvino(); openvino.Core()\n"
         "assert sys.modules.get('openvino_telemetry') is None\n"
     )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    run_guarded_python(code, tmp_path)
     assert network_attempts(tmp_path) == [] and home_contents(tmp_path) == []
 
 
