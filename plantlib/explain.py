@@ -96,7 +96,8 @@ def overlay(explanation: Explanation, alpha: float = OVERLAY_ALPHA) -> Image.Ima
     """The crop with its heat map laid over it in the 'jet' colours (red: most evidence)."""
     from torchcam.utils import overlay_mask
 
-    mask = Image.fromarray((explanation.heatmap * 255).astype(np.uint8), mode="L")
+    # torchcam wants the map as a float image in [0, 1] (an 8-bit one overflows when it squares the values).
+    mask = Image.fromarray(explanation.heatmap.astype(np.float32), mode="F")
     return overlay_mask(explanation.crop, mask, colormap="jet", alpha=alpha)
 
 

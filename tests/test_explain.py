@@ -59,6 +59,18 @@ def test_the_heat_map_peaks_in_the_corner_with_the_square(corner_run: tuple[Path
     assert picture.size == (128, 128) and picture.mode == "RGB"
 
 
+def test_an_overlay_is_red_where_the_map_is_hot_and_blue_where_it_is_cold() -> None:
+    from plantlib.explain import Explanation
+
+    heat = np.zeros((64, 64), dtype=np.float32)
+    heat[:16, :16] = 1.0
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    pixels = np.asarray(overlay(Explanation(Path("x.png"), "a", 0.9, heat, grey))).astype(int)
+    hot, cold = pixels[4, 4], pixels[48, 48]
+    assert hot[0] > hot[2] + 40 and cold[2] > cold[0] + 40, (hot, cold)
+    assert np.abs(np.diff(pixels[40:60, 40:60], axis=1)).max() <= 2  # a cold area is flat, not banded
+
+
 def test_explain_command_writes_a_png_per_image_and_a_csv_and_skips_bad_files(
     corner_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
