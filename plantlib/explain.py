@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from plantlib.data import DecodedImageCache, eval_transform
 from plantlib.data.names import as_text
 from plantlib.errors import ConfigError, DataError
 from plantlib.inference import LoadedModel, readable_images
@@ -45,17 +46,26 @@ def _cam_extractor(method: str, model: torch.nn.Module, layer: torch.nn.Module):
 
 
 def explain_files(
-    loaded: LoadedModel, files: Sequence[Path], method: str = "gradcam", batch_size: int = 16
+    loaded: LoadedModel,
+    files: Sequence[Path],
+    method: str = "gradcam",
+    batch_size: int = 16,
+    cache: DecodedImageCache | None = None,
 ) -> list[Explanation]:
-    """Heat maps for readable image files, each for its predicted class (eager torch, gradients on)."""
+    """Heat maps for readable image files, each for its predicted class (eager torch, gradients on).
+
+    `cache` holds images already decoded (e.g. by `readable_images`), so none is decoded twice.
+    """
     model = loaded.model
     layer = cam_target_layer(model)
-    crops = loaded.image_cache()
+    crops = cache or loaded.image_cache()
+    normalised = eval_transform(loaded.image_size, loaded.normalization, normalize=True)
+    visible = eval_transform(loaded.image_size, loaded.normalization, normalize=False)
     results: list[Explanation] = []
     with _cam_extractor(method, model, layer) as extractor:
         for start in range(0, len(files), batch_size):
             chunk = list(files[start : start + batch_size])
-            images = torch.stack([_normalised_crop(loaded, crops.get(Path(f))) for f in chunk]).to(loaded.device)
+            images = torch.stack([normalised(crops.get(Path(f))) for f in chunk]).to(loaded.device)
             images.requires_grad_(True)  # frozen leading blocks must not cut the path the gradients take
             with torch.enable_grad():
                 scores = model(images)
@@ -71,23 +81,14 @@ def explain_files(
                         predicted=loaded.class_names[index],
                         probability=float(probs[index]),
                         heatmap=heat.clamp(0, 1).cpu().numpy(),
-                        crop=_visible_crop(loaded, crops.get(Path(file))),
+                        crop=_as_picture(visible(crops.get(Path(file)))),
                     )
                 )
     return results
 
 
-def _normalised_crop(loaded: LoadedModel, image: Image.Image) -> torch.Tensor:
-    from plantlib.data import eval_transform
-
-    return eval_transform(loaded.image_size, loaded.normalization, normalize=True)(image)
-
-
-def _visible_crop(loaded: LoadedModel, image: Image.Image) -> Image.Image:
-    """The same centre crop the network saw, as a picture (uint8 RGB)."""
-    from plantlib.data import eval_transform
-
-    crop = eval_transform(loaded.image_size, loaded.normalization, normalize=False)(image)
+def _as_picture(crop: torch.Tensor) -> Image.Image:
+    """The centre crop the network saw (C, H, W, before normalisation), as a uint8 RGB picture."""
     array = crop.numpy() if crop.dtype == torch.uint8 else (crop.clamp(0, 1) * 255).round().byte().numpy()
     return Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)))
 
@@ -148,11 +149,12 @@ def explain_to_folder(
     from plantlib.io import write_text
     from plantlib.plots import plot_explanations, save_figure
 
+    cache = loaded.image_cache()
     with loaded.preprocessing_threads():
-        files, skipped = readable_images(paths, loaded.image_cache())
+        files, skipped = readable_images(paths, cache)
     if not files:
         raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
-    explanations = explain_files(loaded, files, method)
+    explanations = explain_files(loaded, files, method, cache=cache)
     out_dir = Path(out_dir)
     rows = []
     for number, item in enumerate(explanations):
