@@ -278,15 +278,13 @@ class Trainer:
         return loss_and_accuracy(self.split_logits(split), self.loaders.targets[split])
 
     # -- checkpoints -------------------------------------------------------------------------------------
-    def checkpoint_payload(self, epoch: int) -> dict[str, Any]:
-        """A plain dict: everything `restore` needs, plus what predicting needs (config, classes, normalisation)."""
+    def checkpoint_payload(self, epoch: int, resumable: bool = True) -> dict[str, Any]:
+        """A plain dict: what predicting needs (weights, config, classes, normalisation) and, when `resumable`,
+        what `restore` needs too (optimiser, scheduler and scaler state: twice the weights' size with Adam)."""
         optimization = self.optimization
         normalization = normalization_for(self.config.backbone)
-        return {
+        payload: dict[str, Any] = {
             "model": self.model.state_dict(),
-            "optimizer": optimization.optimizer.state_dict(),
-            "scheduler": optimization.scheduler.state_dict(),
-            "scaler": optimization.scaler.state_dict(),
             "epoch": epoch,
             "early_stopping": vars(optimization.early_stopping).copy(),
             "history": list(self.history),
@@ -295,15 +293,24 @@ class Trainer:
             "class_names": list(self.classes),
             "normalization": {"mean": list(normalization.mean), "std": list(normalization.std)},
         }
+        if resumable:
+            payload["optimizer"] = optimization.optimizer.state_dict()
+            payload["scheduler"] = optimization.scheduler.state_dict()
+            payload["scaler"] = optimization.scaler.state_dict()
+        return payload
 
     def _save(self, name: str, epoch: int) -> None:
-        """Rank 0 writes (the unwrapped model: the file loads in one process); the others wait for it."""
+        """Rank 0 writes (the unwrapped model: the file loads in one process); the others wait for it. Only
+        last.pt resumes, so best.pt holds no optimiser state."""
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.checkpoint_payload(epoch))
+            payload = self.checkpoint_payload(epoch, resumable=name == LAST_CHECKPOINT)
+            save_checkpoint(self.run_dir / name, payload)
         barrier(self.dist)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a `last.pt`: weights, optimiser, scheduler, history and early-stopping state."""
+        if "optimizer" not in checkpoint:
+            raise CheckpointError(f"this checkpoint holds weights only; resume from the run's {LAST_CHECKPOINT}")
         saved = checkpoint["config"]
         if saved["backbone"] != self.config.backbone or checkpoint["class_names"] != list(self.classes):
             raise CheckpointError(

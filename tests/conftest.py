@@ -34,18 +34,26 @@ def real_mirror() -> Path | None:
 # .ci/run sets this: there a missing mirror or browser fails the tests that need it instead of skipping them, so a
 # green CI run means every test ran.
 REQUIRE_ALL = os.environ.get("PLANTLIB_REQUIRE_ALL") == "1"
+SESSION_ROOT: Path | None = None  # this process's temporary project root, set in pytest_configure
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Session-wide isolation, set before any fixture runs (module fixtures run before the per-test one below):
     a temporary project root and tool caches, and no tracking unless a test starts its own store."""
-    session_root = Path(tempfile.mkdtemp(prefix="plantlib-tests-"))
+    global SESSION_ROOT
+    session_root = SESSION_ROOT = Path(tempfile.mkdtemp(prefix="plantlib-tests-"))
     (session_root / "data").mkdir()
     os.environ["PLANTLIB_ROOT"] = str(session_root)
     for variable, name in TOOL_CACHE_VARIABLES.items():
         os.environ[variable] = str(session_root / "tool-caches" / name)
     os.environ["PLANTLIB_TRACKING"] = "off"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session root goes with the session (each xdist worker and the controller made their own)."""
+    if SESSION_ROOT is not None:
+        shutil.rmtree(SESSION_ROOT, ignore_errors=True)
 
 
 IGNORED_IN_CHECKOUT = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -108,16 +116,29 @@ def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, size: tuple
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_scratch_removed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Folders a test module made under the session's temporary base (its module fixtures' models and runs) are
+    deleted when the module ends: checkpoints add up to gigabytes over the suite, more than a CI disk may hold."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for entry in set(base.iterdir()) - before:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def isolated_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own project root, so nothing touches the checkout's data/ or artifacts/."""
+def isolated_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own project root, so nothing touches the checkout's data/ or artifacts/; it is deleted
+    after the test (like `tmp_path` under tmp_path_retention_policy = "failed")."""
     root = tmp_path_factory.mktemp("project")
     (root / "data").mkdir()
     monkeypatch.setenv("PLANTLIB_ROOT", str(root))
     monkeypatch.setenv("PLANTLIB_PROGRESS", "off")
     monkeypatch.setenv("PLANTLIB_TRACKING", "off")  # tests that track turn it on against their own store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -48,6 +48,12 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     assert config.backbone == "efficientnet_lite0"
     assert checkpoint["normalization"] == {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and result.test_metrics["n"] == 8
+    # Only last.pt resumes: best.pt carries no optimiser state, so it is well under last.pt's size with Adam.
+    last = load_checkpoint(result.run_dir / "last.pt")
+    assert {"optimizer", "scheduler", "scaler"} <= set(last) and not {"optimizer", "scheduler", "scaler"} & set(checkpoint)
+    assert (result.run_dir / "best.pt").stat().st_size < 0.8 * (result.run_dir / "last.pt").stat().st_size
+    with pytest.raises(CheckpointError, match="weights only; resume from the run's last.pt"):
+        Trainer(config, show_progress=False).restore(checkpoint)
 
 
 def test_same_seed_same_history_and_another_seed_differs(data_dir: Path, tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ def test_a_study_runs_prunes_continues_and_is_shared_by_two_worker_processes(
         optuna.trial.TrialState.COMPLETE,
     ]
     assert read_run_info(Path(study.trials[1].user_attrs["run_dir"]))["status"] == "pruned"
+    for trial in study.trials:  # finished and pruned trials keep their best weights, not their resume state
+        checkpoints = sorted(p.name for p in Path(trial.user_attrs["run_dir"]).glob("*.pt"))
+        assert checkpoints == ["best.pt"], (trial.number, checkpoints)
     best = RunConfig.from_json(first.best_config_file)  # what `plantlib train --config` reads
     assert {k: getattr(best, k) for k in first.best_params} == first.best_params
     assert best.data_dir == base.data_dir and best.output_dir is None
