@@ -20,8 +20,7 @@ from plantlib.data.dataset import resize_side
 from plantlib.data.split import EXCLUDED
 from plantlib.errors import ConfigError
 from plantlib.inference import LoadedModel, Predictor, load_model
-
-CV_FILE = "cv.json"  # what marks a cross-validation directory (plantlib.experiments.cv writes it)
+from plantlib.runs import is_cv_dir
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Ensemble:
 def member_checkpoints(path: Path) -> list[Path]:
     """A checkpoint or run directory as itself; a cross-validation directory as its folds' best checkpoints."""
     path = Path(path)
-    if (path / CV_FILE).is_file():
+    if is_cv_dir(path):
         folds = sorted(run / BEST_CHECKPOINT for run in path.glob("repeat*-fold*") if (run / BEST_CHECKPOINT).is_file())
         if not folds:
             raise ConfigError(f"{path} is a cross-validation directory without finished folds; finish it first")
@@ -90,6 +89,6 @@ def load_predictor(paths: Sequence[Path], device: str = "auto", engine: str = "a
     members = [load_model(checkpoint, device=device, engine=engine, tta=tta) for checkpoint in checkpoints]
     if len(members) == 1:
         return members[0]
-    from_cv = len(paths) == 1 and (paths[0] / CV_FILE).is_file()
+    from_cv = len(paths) == 1 and is_cv_dir(paths[0])
     output = paths[0] / "ensemble" if from_cv else members[0].run_dir / f"ensemble-of-{len(members)}"
     return Ensemble(members, output, test_split=EXCLUDED if from_cv else "test")

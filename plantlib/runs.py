@@ -12,6 +12,12 @@ from plantlib.io import read_json, write_json
 from plantlib.paths import artifacts_dir
 
 RUN_FILE = "run.json"
+CV_FILE = "cv.json"  # marks a cross-validation directory (plantlib.experiments.cv writes it)
+
+
+def is_cv_dir(path: str | Path) -> bool:
+    """Whether `path` is a cross-validation directory (its fold models stand for it as an ensemble)."""
+    return (Path(path) / CV_FILE).is_file()
 
 
 def runs_dir(output_dir: str | Path | None = None) -> Path:

@@ -50,9 +50,11 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and result.test_metrics["n"] == 8
     # Only last.pt resumes: best.pt carries no optimiser state, so it is well under last.pt's size with Adam.
     last = load_checkpoint(result.run_dir / "last.pt")
-    assert {"optimizer", "scheduler", "scaler"} <= set(last) and not {"optimizer", "scheduler", "scaler"} & set(checkpoint)
+    assert {"optimizer", "scheduler", "scaler"} <= set(last) and not {"optimizer", "scheduler", "scaler"} & set(
+        checkpoint
+    )
     assert (result.run_dir / "best.pt").stat().st_size < 0.8 * (result.run_dir / "last.pt").stat().st_size
-    with pytest.raises(CheckpointError, match="weights only; resume from the run's last.pt"):
+    with pytest.raises(CheckpointError, match=r"weights only; resume from the run's last\.pt"):
         Trainer(config, show_progress=False).restore(checkpoint)
 
 

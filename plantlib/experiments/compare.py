@@ -20,8 +20,9 @@ from scipy.stats import binomtest
 
 from plantlib.errors import PlantlibError
 from plantlib.evaluate import class_columns, compute_metrics
-from plantlib.experiments.cv import CV_FILE, OOF_FILE, pooled_predictions
+from plantlib.experiments.cv import OOF_FILE, pooled_predictions
 from plantlib.io import read_json
+from plantlib.runs import CV_FILE, is_cv_dir
 
 NOT_DISTINGUISHABLE = "not distinguishable at 95%"
 
@@ -38,7 +39,7 @@ class Evaluated:
 def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
     """A CV directory's pooled out-of-fold predictions, or a run directory's test-split predictions."""
     path = Path(path)
-    if (path / CV_FILE).is_file():
+    if is_cv_dir(path):
         oof = pd.read_csv(path / OOF_FILE)
         predictions = pooled_predictions(oof, class_columns(oof))
         config = json.loads((path / CV_FILE).read_text(encoding="utf-8"))["config"]

@@ -30,10 +30,9 @@ from plantlib.evaluate import compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import atomic_write, write_json
 from plantlib.paths import artifacts_dir
-from plantlib.runs import new_unique_dir, read_run_info
+from plantlib.runs import CV_FILE, new_unique_dir, read_run_info
 from plantlib.train import CallbackLike, Trainer
 
-CV_FILE = "cv.json"
 OOF_FILE = "oof.csv"
 
 
