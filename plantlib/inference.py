@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -257,6 +258,16 @@ def run_data(loaded: Predictor) -> PreparedData:
     if info.get("split_file") and Path(info["split_file"]).is_file():
         config = config.replace(split_file=info["split_file"], data_dir=info.get("data_dir", config.data_dir))
     return prepare_data(config.replace(new_split=False), show_progress=False)
+
+
+def inference_ms_per_image(run_dir: Path, max_images: int = 64, batch_size: int = 32) -> float:
+    """Milliseconds per test image for decode + preprocess + forward, batched, after one warm-up batch."""
+    loaded = load_model(Path(run_dir))
+    files = run_data(loaded).frame("test")["file"].tolist()[:max_images]
+    loaded.probabilities(files[:batch_size], batch_size)  # warm-up: first-call allocations, kernel selection
+    started = time.perf_counter()
+    loaded.probabilities(files, batch_size)
+    return 1000 * (time.perf_counter() - started) / max(1, len(files))
 
 
 def evaluate_split(loaded: Predictor, split: str = "test", save: bool = True) -> tuple[dict[str, Any], pd.DataFrame]:

@@ -199,7 +199,7 @@ def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFram
 
     Scores are strings "value (low–high)" so the table stays narrow enough for a report page.
     """
-    from plantlib.compare import inference_ms_per_image
+    from plantlib.inference import inference_ms_per_image
     from plantlib.runs import read_run_info
 
     items = [load_evaluated(Path(d)) for d in cv_dirs]
