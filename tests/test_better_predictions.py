@@ -93,6 +93,9 @@ def test_fold_models_as_one_ensemble_meet_the_test_split_and_tta_reevaluates_out
     test_images = set(pd.read_csv(Path(cv.folds["run_dir"][0]) / "split.csv").query("split == 'excluded'")["path"])
     assert set(frame["path"]) == test_images and metrics["n"] == len(test_images)
     assert (cv.cv_dir / "ensemble" / "metrics.json").is_file()
+    named = load_evaluated(cv.cv_dir / "ensemble")  # what `plantlib compare CV_DIR/ensemble RUN_DIR` calls it
+    assert named.name.startswith("fold ensemble of resnet18") and named.name.endswith(f"({cv.cv_dir.name})")
+    assert len(named.predictions) == metrics["n"]
 
     tta = reevaluate_out_of_fold(cv.cv_dir, tta=True, engine="torch")
     assert tta.cv_dir.name == f"{cv.cv_dir.name}-tta"

@@ -45,10 +45,20 @@ def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
         config = json.loads((path / CV_FILE).read_text(encoding="utf-8"))["config"]
     elif (path / "predictions.csv").is_file():  # a run, or an ensemble's evaluation (no config of its own)
         predictions = pd.read_csv(path / "predictions.csv")
-        config = read_json(path / "config.json") or {"backbone": "ensemble"}
+        config = read_json(path / "config.json")  # {} when missing
+        if not config:
+            return Evaluated(name or ensemble_name(path), predictions, path)
     else:
         raise PlantlibError(f"{path} is neither a cross-validation directory nor a finished run directory")
     return Evaluated(name or configuration_name(config, path), predictions, path)
+
+
+def ensemble_name(path: Path) -> str:
+    """An ensemble's evaluation is named after what it averages: a CV's fold models, or `ensemble (folder)`."""
+    if is_cv_dir(path.parent):
+        config = json.loads((path.parent / CV_FILE).read_text(encoding="utf-8"))["config"]
+        return f"fold ensemble of {configuration_name(config, path.parent)}"
+    return f"ensemble ({path.name})"
 
 
 # Where and how a run executes, not what it learns: left out of a configuration's name.
