@@ -27,6 +27,11 @@ class CheckpointError(PlantlibError):
     """A checkpoint is missing, corrupt, or does not fit what it is used for."""
 
 
+def drop_resume_state(run_dir: Path) -> None:
+    """Delete a finished run's last.pt when nothing will resume it (a CV fold, a study trial); best.pt stays."""
+    (Path(run_dir) / LAST_CHECKPOINT).unlink(missing_ok=True)
+
+
 def find_checkpoint(path: Path, names: tuple[str, ...] = (BEST_CHECKPOINT, LAST_CHECKPOINT)) -> Path:
     """`path` when it is a file; for a run directory its first existing checkpoint among `names`."""
     path = Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ CV_FILE = "cv.json"  # marks a cross-validation directory (plantlib.experiments.
 def is_cv_dir(path: str | Path) -> bool:
     """Whether `path` is a cross-validation directory (its fold models stand for it as an ensemble)."""
     return (Path(path) / CV_FILE).is_file()
+
+
+def read_cv_info(cv_dir: str | Path) -> dict[str, Any]:
+    """A cross-validation directory's cv.json: its status, settings and the config its folds train."""
+    return json.loads((Path(cv_dir) / CV_FILE).read_text(encoding="utf-8"))
 
 
 def runs_dir(output_dir: str | Path | None = None) -> Path:

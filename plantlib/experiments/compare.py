@@ -9,7 +9,6 @@ called only when its interval excludes zero; otherwise the verdict says "not dis
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from plantlib.errors import PlantlibError
 from plantlib.evaluate import class_columns, compute_metrics
 from plantlib.experiments.cv import OOF_FILE, pooled_predictions
 from plantlib.io import read_json
-from plantlib.runs import CV_FILE, is_cv_dir
+from plantlib.runs import is_cv_dir, read_cv_info, read_run_info
 
 NOT_DISTINGUISHABLE = "not distinguishable at 95%"
 
@@ -42,7 +41,7 @@ def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
     if is_cv_dir(path):
         oof = pd.read_csv(path / OOF_FILE)
         predictions = pooled_predictions(oof, class_columns(oof))
-        config = json.loads((path / CV_FILE).read_text(encoding="utf-8"))["config"]
+        config = read_cv_info(path)["config"]
     elif (path / "predictions.csv").is_file():  # a run, or an ensemble's evaluation (no config of its own)
         predictions = pd.read_csv(path / "predictions.csv")
         config = read_json(path / "config.json")  # {} when missing
@@ -56,7 +55,7 @@ def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
 def ensemble_name(path: Path) -> str:
     """An ensemble's evaluation is named after what it averages: a CV's fold models, or `ensemble (folder)`."""
     if is_cv_dir(path.parent):
-        config = json.loads((path.parent / CV_FILE).read_text(encoding="utf-8"))["config"]
+        config = read_cv_info(path.parent)["config"]
         return f"fold ensemble of {configuration_name(config, path.parent)}"
     return f"ensemble ({path.name})"
 
@@ -210,13 +209,12 @@ def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFram
     Scores are strings "value (low–high)" so the table stays narrow enough for a report page.
     """
     from plantlib.inference import inference_ms_per_image
-    from plantlib.runs import read_run_info
 
     items = [load_evaluated(Path(d)) for d in cv_dirs]
     summary = summary_table(items)
     rows = []
     for cv_dir, item, score in zip(cv_dirs, items, summary.itertuples(), strict=True):
-        saved = json.loads((Path(cv_dir) / CV_FILE).read_text(encoding="utf-8"))
+        saved = read_cv_info(cv_dir)
         fold_runs = sorted(p for p in Path(cv_dir).iterdir() if (p / "run.json").is_file())
         infos = [read_run_info(run) for run in fold_runs]
         rows.append(

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from plantlib.build import build_image_cache
-from plantlib.checkpoint import LAST_CHECKPOINT
+from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import EXCLUDED, save_split
@@ -30,7 +30,7 @@ from plantlib.evaluate import compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import atomic_write, write_json
 from plantlib.paths import artifacts_dir
-from plantlib.runs import CV_FILE, new_unique_dir, read_run_info
+from plantlib.runs import CV_FILE, is_cv_dir, new_unique_dir, read_cv_info, read_run_info
 from plantlib.train import CallbackLike, Trainer
 
 OOF_FILE = "oof.csv"
@@ -121,8 +121,8 @@ def cross_validate(
 
     Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds.
     """
-    if cv_dir is not None and (Path(cv_dir) / CV_FILE).is_file():
-        saved = json.loads((Path(cv_dir) / CV_FILE).read_text(encoding="utf-8"))
+    if cv_dir is not None and is_cv_dir(cv_dir):
+        saved = read_cv_info(cv_dir)
         config = RunConfig.from_dict(saved["config"])
         folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
     data = prepare_data(config, show_progress=show_progress)
@@ -179,7 +179,7 @@ def _run_fold(
             write_json(run_dir / "config.json", fold_config.to_dict())
             trainer = Trainer(fold_config, fold_data, run_dir, everything, show_progress, image_cache=cache)
         trainer.fit()
-        (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # a finished fold resumes nothing; best.pt stays
+        drop_resume_state(run_dir)  # a finished fold resumes nothing
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run_dir)}
 
@@ -214,7 +214,7 @@ def reevaluate_out_of_fold(
     from plantlib.inference import evaluate_split, load_model
 
     cv_dir = Path(cv_dir)
-    saved = json.loads((cv_dir / CV_FILE).read_text(encoding="utf-8"))
+    saved = read_cv_info(cv_dir)
     if saved.get("status") != "finished":
         raise ConfigError(f"{cv_dir} is not a finished cross-validation; finish it with plantlib cv --resume {cv_dir}")
     target = cv_dir.with_name(f"{cv_dir.name}-{'tta' if tta else 'reevaluated'}")

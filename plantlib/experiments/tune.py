@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from plantlib.checkpoint import LAST_CHECKPOINT
+from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig, field_names
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.cv import cross_validate
@@ -157,14 +157,14 @@ def _objective(base: RunConfig, space: list[Parameter], metric: str, cv_folds: i
             return float(result.metrics[metric])
         trainer = Trainer(config, callbacks=[*tracking_callbacks(config), PruneOnValLoss(trial)], show_progress=False)
         trial.set_user_attr("run_dir", str(trainer.run_dir))
-        # A finished or pruned trial is never resumed (a rerun of the study starts new trials): its resume state,
-        # last.pt, goes, and best.pt stays. A trial that failed otherwise keeps both.
+        # A finished or pruned trial is never resumed (a rerun of the study starts new trials); a trial that failed
+        # otherwise keeps its last.pt.
         try:
             trainer.fit()
         except StopTraining as stop:
-            (trainer.run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
+            drop_resume_state(trainer.run_dir)
             raise optuna.TrialPruned(str(stop)) from stop
-        (trainer.run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
+        drop_resume_state(trainer.run_dir)
         best = min(trainer.history, key=lambda row: row["val_loss"])  # the epoch best.pt holds (val_loss monitor)
         return float(best["val_accuracy"] if metric == "accuracy" else best["val_loss"])
 
