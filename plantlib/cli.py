@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names
-from plantlib.errors import PlantlibError
+from plantlib.errors import ConfigError, PlantlibError
 from plantlib.paths import use_project_tool_caches
 
 Command = Callable[[argparse.Namespace], int]
@@ -154,6 +154,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    from plantlib.experiments.cv import parse_seeds
+
+    try:
+        seeds = parse_seeds(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed, e.g. --seeds 1,2,3")
+    return seeds
+
+
 def _cmd_cv(args: argparse.Namespace) -> int:
     from plantlib.evaluate import format_metrics
     from plantlib.experiments.cv import cross_validate
@@ -162,7 +174,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         result = cross_validate(RunConfig(), cv_dir=args.resume)
     else:
         config = _config_from_args(args)
-        result = cross_validate(config, folds=args.folds, repeats=args.repeats, include_test=args.include_test)
+        result = cross_validate(
+            config, folds=args.folds, repeats=args.repeats, include_test=args.include_test, seeds=args.seeds
+        )
     folds = result.folds
     print(f"\ncross-validation: {result.cv_dir}")
     print("pooled out-of-fold: " + format_metrics(result.metrics).splitlines()[0])
@@ -176,24 +190,50 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from plantlib.experiments.compare import best_configuration, load_evaluated, pairwise_table, summary_table
+    from plantlib.experiments.compare import RULE, compare_paths
 
-    items = [load_evaluated(Path(path)) for path in args.paths]
-    summary, pairs = summary_table(items), pairwise_table(items)
+    comparison = compare_paths([Path(path) for path in args.paths])
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
-        print(summary.round(4).to_string(index=False))
+        print(comparison.summary.round(4).to_string(index=False))
         print()
-        print(pairs.round(4).to_string(index=False))
-    best = best_configuration(summary, pairs)
-    print(f"\nbest: {best}" if best else "\nno configuration is better than all others at 95%")
+        print(comparison.pairs.round(4).to_string(index=False))
+    print(f"\n{comparison.sentence}")
+    print(f"best: {comparison.winner}" if comparison.winner else "best: none (no configuration beats all others)")
+    print(f"rule: {RULE}")
+    return 0
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _cmd_compare_backbones(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from plantlib.experiments.backbones import compare_backbones
+    from plantlib.experiments.compare import RULE, cv_table
+    from plantlib.models import offline_backbones
+
+    names = args.backbones or offline_backbones()
+    run = compare_backbones(_config_from_args(args), names, folds=args.folds, seeds=args.seeds)
+    table = cv_table([result.cv_dir for result in run.results.values()], measure_speed=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(table.drop(columns=["ms/image"]).to_string(index=False))
+        if run.comparison is not None:
+            print()
+            print(run.comparison.pairs.round(4).to_string(index=False))
+    if run.comparison is not None:
+        print(f"\n{run.comparison.sentence}\nrule: {RULE}")
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from plantlib.experiments.confirm import confirm_best
     from plantlib.experiments.tune import load_space, tune
 
+    base = _config_from_args(args)
     result = tune(
-        _config_from_args(args),
+        base,
         load_space(args.space),
         trials=args.trials,
         timeout_s=args.timeout,
@@ -202,9 +242,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         cv_folds=args.cv,
         metric=args.metric,
     )
-    print(f"study {result.study_name}: {result.trials} trials; best {args.metric} {result.best_value:.4f}")
+    print(f"study {result.study_name}: {result.trials} trials, {result.finished} finished; {result.statement}")
     print(f"best parameters: {result.best_params}")
     print(f"best config: {result.best_config_file}  (plantlib train --config {result.best_config_file})")
+    if not args.confirm:
+        print("to measure it on folds and seeds the study never used: rerun with --trials 0 --confirm")
+        return 0
+    import pandas as pd
+
+    print(f"\nconfirming: the best and the base config, {args.confirm_folds}-fold CV on fresh folds and seeds")
+    confirmation = confirm_best(
+        result.best_config_file, base, folds=args.confirm_folds, seeds=args.confirm_seeds, show_progress=False
+    )
+    print(f"fold seed {confirmation.split_seed}, training seeds {confirmation.seeds}")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(confirmation.comparison.summary.round(4).to_string(index=False))
+    print(confirmation.sentence)
     return 0
 
 
@@ -423,7 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = commands.add_parser("cv", help="K-fold cross-validation of a training config (out-of-fold metrics)")
     cv.add_argument("--folds", type=int, default=5, help="folds (default: 5)")
-    cv.add_argument("--repeats", type=int, default=1, help="repeats with different folds (default: 1)")
+    cv.add_argument(
+        "--repeats", type=int, default=1, help="repeats, each with new folds and training seed (default: 1)"
+    )
+    cv.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S1,S2,…",
+        help="training seed of each repeat (sets --repeats); folds follow --split-seed, so recipes share them",
+    )
     cv.add_argument("--include-test", action="store_true", help="draw folds from every image, test split included")
     cv.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
     cv.add_argument("--resume", type=Path, metavar="CV_DIR", help="continue an interrupted cross-validation")
@@ -434,6 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("paths", nargs="+", metavar="CV_OR_RUN_DIR")
     compare.set_defaults(run=_cmd_compare)
 
+    backbones = commands.add_parser(
+        "compare-backbones", help="cross-validate one recipe per backbone on the same folds, then compare them"
+    )
+    backbones.add_argument(
+        "--backbones", type=_name_list, help="comma-separated backbones (default: every one with offline weights)"
+    )
+    backbones.add_argument("--folds", type=int, default=5, help="folds (default: 5)")
+    backbones.add_argument(
+        "--seeds", type=_seed_list, metavar="S1,S2,…", help="training seed of each repeat (default: one, --seed)"
+    )
+    backbones.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
+    _add_config_options(backbones)
+    backbones.set_defaults(run=_cmd_compare_backbones)
+
     sweep = commands.add_parser("tune", help="Optuna hyperparameter study over a YAML search space")
     sweep.add_argument("--space", type=Path, help="YAML search space (default: the built-in one, see README)")
     sweep.add_argument("--trials", type=int, default=12, help="trials this process runs (default: 12)")
@@ -443,6 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cv", type=int, default=0, metavar="K", help="score trials by K-fold CV (default: 0, off)")
     sweep.add_argument("--metric", default="accuracy", choices=["accuracy", "log_loss"], help="what to optimise")
     sweep.add_argument("--config", type=Path, help="config.json the study starts from (flags override it)")
+    sweep.add_argument(
+        "--confirm",
+        action="store_true",
+        help="then cross-validate the best and the base config on folds and seeds the study never used, and compare",
+    )
+    sweep.add_argument("--confirm-folds", type=int, default=5, metavar="K", help="folds of --confirm (default: 5)")
+    sweep.add_argument(
+        "--confirm-seeds",
+        type=_seed_list,
+        metavar="SEEDS",
+        help="comma-separated training seeds of --confirm, one repeat each (default: one the study did not use)",
+    )
     _add_config_options(sweep)
     sweep.set_defaults(run=_cmd_tune)
 

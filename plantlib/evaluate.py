@@ -1,7 +1,9 @@
 """Predictions, metrics with confidence intervals, calibration, and report tables for a trained classifier.
 
 Everything here works on plain arrays (labels as class indices, probabilities as an (N, C) array) so the
-trainer, the CLI and the notebooks share one definition of every number they print.
+trainer, the CLI and the notebooks share one definition of every number they print. It owns the intervals:
+`proportion_ci` for any proportion (accuracy), a seeded bootstrap where no closed form exists (macro F1, log loss,
+ECE), and `PROBABILITY_CLIP`, the one clip every log loss applies.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -29,6 +32,17 @@ from plantlib.runtime import maybe_autocast
 _PROBABILITY_TOLERANCE = 1e-3
 # Resamples drawn at once in the bootstrap, scaled by n, so memory stays small for large test sets.
 _BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
+# Every log loss reads probabilities clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] (rows renormalised), so
+# one image given 0 for its true class costs -log(1e-15) = 34.5 instead of infinity, and a point estimate and its
+# bootstrap interval clip alike. sklearn's log_loss (>= 1.5) takes no eps: it clips at float64's epsilon, 2.2e-16.
+PROBABILITY_CLIP = 1e-15
+# How each interval in `compute_metrics(...)["ci95"]` is made; recorded with the metrics so a report can say.
+CI95_METHODS = {
+    "accuracy": "exact (Clopper-Pearson)",
+    "f1_macro": "percentile bootstrap",
+    "log_loss": "percentile bootstrap",
+    "ece": "percentile bootstrap",
+}
 
 
 def predict_logits(
@@ -116,13 +130,38 @@ def _check_inputs(y_true: np.ndarray, probs: np.ndarray, class_names: list[str])
     return y_true, probs / sums[:, None]
 
 
+def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for a proportion, e.g. accuracy as `successes` right out of `n` images.
+
+    It covers the true proportion at least `confidence` of the time at every n and p, the edges included: 10 right
+    out of 10 gives 0.692-1, where a bootstrap of the same images collapses to 1-1. The price is some extra width:
+    it is conservative, covering 95-99% of the time (`benchmarks/coverage.py` measures it).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1 (0.95 for a 95% interval); got {confidence}")
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive whole number of trials; got {n}")
+    if int(successes) != successes or not 0 <= successes <= n:
+        raise ValueError(f"successes must be a whole number between 0 and n={n}; got {successes}")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def clip_probabilities(probs: np.ndarray) -> np.ndarray:
+    """`probs` clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] with rows renormalised: what every log loss reads."""
+    clipped = np.clip(np.asarray(probs, dtype=np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
 def expected_calibration_error(
     y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10
 ) -> tuple[float, dict[str, list]]:
     """ECE over top-1 confidence with equal-width bins, plus the per-bin table a reliability diagram draws.
 
     Bins are (lower, upper], the first one closed at 0. Empty bins report None for confidence and accuracy.
-    ECE is the count-weighted mean gap |accuracy - confidence|: 0 when the model is as sure as it is right.
+    ECE is the count-weighted mean gap |accuracy - confidence|: 0 when the model is as sure as it is right. On a
+    finite test set it is biased upward (each bin's sampling noise adds to |gap|), so a well calibrated model
+    still scores above 0, and more so the fewer images per bin.
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1; got {n_bins}")
@@ -165,23 +204,24 @@ def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean(scores))
 
 
-def _bootstrap_ci(
+def _bootstrap_f1_ci(
     y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_bootstrap: int, seed: int
 ) -> dict[str, list[float] | None]:
-    """95% percentile intervals for accuracy and macro F1 by resampling test images with replacement.
+    """95% percentile interval for macro F1 by resampling test images with replacement (it has no closed form).
 
     Each resample is reduced to a confusion matrix with one vectorised bincount, so 1000 resamples of a
     few thousand images take milliseconds. Macro F1 averages the classes present in each resample (in
-    its labels or predictions), as `compute_metrics` does for the point estimate.
+    its labels or predictions), as `compute_metrics` does for the point estimate. Like any percentile bootstrap it
+    under-covers on small test sets and collapses at the edge: perfect predictions give 1-1.
     """
     if n_bootstrap < 1:
-        return {"accuracy": None, "f1_macro": None}
+        return {"f1_macro": None}
     n = len(y_true)
     cells = n_classes * n_classes
     code = y_true * n_classes + y_pred
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
-    accuracy, f1_macro = [], []
+    f1_macro = []
     for start in range(0, n_bootstrap, chunk):
         size = min(chunk, n_bootstrap - start)
         picks = code[rng.integers(0, n, size=(size, n))]
@@ -191,27 +231,26 @@ def _bootstrap_ci(
         denominator = matrices.sum(axis=1) + matrices.sum(axis=2)  # predicted + true = 2tp + fp + fn
         seen = denominator > 0
         f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=seen)
-        accuracy.append(tp.sum(axis=1) / n)
         f1_macro.append(f1.sum(axis=1) / seen.sum(axis=1))
-    return {
-        name: [float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5])]
-        for name, values in (("accuracy", accuracy), ("f1_macro", f1_macro))
-    }
+    return {"f1_macro": [float(x) for x in np.percentile(np.concatenate(f1_macro), [2.5, 97.5])]}
 
 
 def _bootstrap_probability_ci(
     y_true: np.ndarray, probs: np.ndarray, n_bootstrap: int, seed: int, n_bins: int = 10
 ) -> dict[str, list[float] | None]:
-    """95% percentile intervals for log loss and ECE over the same kind of image resamples as accuracy's.
+    """95% percentile intervals for log loss and ECE over the same kind of image resamples as macro F1's.
 
-    Per image: its log loss term, its confidence bin and its (correct - confidence); a resample's ECE is then
-    one weighted bincount, as in `expected_calibration_error`.
+    Per image: its log loss term (probabilities clipped as for the point estimate), its confidence bin and its
+    (correct - confidence); a resample's ECE is then one weighted bincount, as in `expected_calibration_error`.
+    Where they under-cover: ECE is biased upward, so near 0 the interval sits above the truth and can exclude
+    a perfectly calibrated model's 0 altogether. Log loss is a mean of heavy-tailed terms: a few confidently
+    wrong images dominate it, and resamples that miss them make the interval too short; with probabilities
+    at the clip (`PROBABILITY_CLIP`) it describes the clipped loss, not the (infinite) unclipped one.
     """
     if n_bootstrap < 1:
         return {"log_loss": None, "ece": None}
     n = len(y_true)
-    clipped = np.clip(probs[np.arange(n), y_true], 1e-15, 1.0)
-    losses = -np.log(clipped / np.clip(probs.sum(axis=1), 1e-15, None))  # sklearn's log_loss renormalises
+    losses = -np.log(clip_probabilities(probs)[np.arange(n), y_true])
     confidence = probs.max(axis=1)
     gap = (probs.argmax(axis=1) == y_true).astype(np.float64) - confidence
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -243,9 +282,11 @@ def compute_metrics(
 
     Predictions are the argmax of `probs`. `per_class` and the confusion matrices cover every class (zeros
     for one that never occurs); precision, recall and F1 are macro averages over the classes that occur in
-    y_true or the predictions. `ci95` comes from a seeded bootstrap so reruns print identical intervals,
-    and `roc_auc` is None when y_true has a single class. `absent_classes` names the classes with no image
-    here: the averages say nothing about them.
+    y_true or the predictions. `ci95` holds 95% intervals as [low, high]: exact (Clopper-Pearson) for accuracy,
+    whatever `n_bootstrap`; a seeded percentile bootstrap of `n_bootstrap` resamples for macro F1, log loss and ECE
+    (None when it is 0), so reruns print identical intervals; `ci95_method` says which is which. `roc_auc` is None
+    when y_true has a single class. `absent_classes` names the classes with no image here: the averages say
+    nothing about them.
     """
     y_true, probs = _check_inputs(y_true, probs, class_names)
     n_classes = len(class_names)
@@ -261,6 +302,7 @@ def compute_metrics(
     row_totals = matrix.sum(axis=1, keepdims=True)
     normalized = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
     ece, reliability = expected_calibration_error(y_true, probs)
+    correct = int(np.sum(y_pred == y_true))
     return {
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -282,12 +324,14 @@ def compute_metrics(
         "classification_report": classification_report(
             y_true, y_pred, labels=labels, target_names=list(class_names), digits=3, zero_division=0
         ),
-        "ci95": _bootstrap_ci(y_true, y_pred, n_classes, n_bootstrap, seed)
+        "ci95": {"accuracy": list(proportion_ci(correct, len(y_true)))}
+        | _bootstrap_f1_ci(y_true, y_pred, n_classes, n_bootstrap, seed)
         | _bootstrap_probability_ci(y_true, probs, n_bootstrap, seed),
+        "ci95_method": dict(CI95_METHODS),
         "bootstrap": {"resamples": int(n_bootstrap), "seed": int(seed)},
         "ece": ece,
         "reliability": reliability,
-        "log_loss": float(log_loss(y_true, probs, labels=labels)),
+        "log_loss": float(log_loss(y_true, clip_probabilities(probs), labels=labels)),
         "class_names": list(class_names),
         "absent_classes": [name for k, name in enumerate(class_names) if support[k] == 0],
     }
@@ -365,7 +409,7 @@ def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: s
 
 
 def interval(metrics: dict, key: str) -> list[float] | None:
-    """The 95% CI of `key` recorded in `metrics` ("accuracy", "f1_macro"), or None."""
+    """The 95% CI of `key` recorded in `metrics` ("accuracy", "f1_macro", "log_loss", "ece"), or None."""
     ci = (metrics.get("ci95") or {}).get(key)
     return list(ci) if ci is not None else None
 

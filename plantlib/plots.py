@@ -527,7 +527,7 @@ def save_run_figures(folder: Path, history: list[dict], metrics: dict, predictio
 
 
 def plot_paired_differences(pairs: pd.DataFrame) -> Figure:
-    """Forest plot: each pair's accuracy difference (A - B) with its paired 95% interval; zero marked."""
+    """Forest plot: each pair's accuracy difference (A - B) with the interval of the verdict rule; zero marked."""
     required = ["a", "b", "difference", "ci_low", "ci_high", "verdict"]
     missing = [column for column in required if column not in pairs.columns]
     if missing:
@@ -547,6 +547,9 @@ def plot_paired_differences(pairs: pd.DataFrame) -> Figure:
         )  # fmt: skip
     ax.axvline(0.0, color="black", linewidth=1, linestyle=":")
     ax.set_yticks(y, [f"{row.a} − {row.b}" for row in rows.itertuples()], fontsize=8)
-    ax.set(xlabel="accuracy difference (paired bootstrap 95% CI)", title="paired differences: blue = decided at 95%")
+    ax.set(
+        xlabel="accuracy difference (interval at the Holm-corrected level of each pair)",
+        title="paired differences: blue = a difference claimed at 95% after Holm's correction",
+    )
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -61,7 +61,8 @@ class Callback:
         """After an epoch's checkpoints and history are written; raising here stops the run."""
 
     def on_fit_end(self, trainer: Trainer, result: TrainingResult) -> None:
-        """After the test split is evaluated and run.json says finished."""
+        """After the test split is evaluated and run.json says finished; `result.test_metrics` is None (and the
+        run directory holds no metrics.json or predictions.csv) when `fit(evaluate_test=False)` left it out."""
 
     def on_fit_failed(self, trainer: Trainer, status: str) -> None:
         """When fit ends by an exception: "interrupted" (Ctrl-C), "failed", or a `StopTraining` status."""
@@ -152,6 +153,7 @@ class Trainer:
         self.backbone_trainable = True
         self.status = "created"
         self.test_metrics: dict[str, Any] | None = None
+        self.evaluate_test = True  # set by `fit`; False keeps the test split out of view (tuning trials)
         self.annotations: dict[str, Any] = {}  # facts callbacks add to run.json (e.g. where it is tracked)
 
     @property
@@ -175,8 +177,13 @@ class Trainer:
         )
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def fit(self) -> TrainingResult:
-        """Train from `start_epoch` to the end (or an early stop), checkpointing every epoch; then test."""
+    def fit(self, evaluate_test: bool = True) -> TrainingResult:
+        """Train from `start_epoch` to the end (or an early stop), checkpointing every epoch; then test.
+
+        `evaluate_test=False` never looks at the test split: no test metrics or predictions are computed, saved,
+        or handed to callbacks (a hyperparameter search must choose without seeing test scores).
+        """
+        self.evaluate_test = evaluate_test
         self._write_info("running")
         self.log(describe_run(self.run_dir, self.facts(), self.start_epoch, self.epochs))
         try:
@@ -192,7 +199,8 @@ class Trainer:
                         f"{self.optimization.early_stopping.bad_epochs} epochs"
                     )
                     break
-            self.test_metrics = self.test()
+            if evaluate_test:
+                self.test_metrics = self.test()
         except BaseException as error:
             self._stopped(error)
             raise
@@ -407,6 +415,8 @@ class Trainer:
             **self.annotations,
         }
         metrics = self.test_metrics
+        if not self.evaluate_test:
+            info["test_evaluated"] = False
         if metrics is not None:
             info["test"] = {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "ece", "n") if k in metrics}
             info["test"]["ci95"] = metrics.get("ci95")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -16,13 +17,13 @@ from plantlib.experiments.compare import (
     NOT_DISTINGUISHABLE,
     Evaluated,
     best_configuration,
+    compare_items,
     load_evaluated,
-    mcnemar_exact_p,
-    paired_bootstrap_ci,
     pairwise_table,
     summary_table,
 )
-from plantlib.experiments.cv import assign_folds, cross_validate, fold_split
+from plantlib.experiments.cv import assign_folds, cross_validate, fold_split, pooled_metrics
+from plantlib.experiments.stats import corrected_t_test, holm_levels, mcnemar_test
 from plantlib.inference import evaluate_split, load_model
 from plantlib.train import Callback
 from tests.conftest import pattern_image, run_cli, tiny_config, write_dataset
@@ -129,41 +130,172 @@ def evaluated(name: str, correct: list[bool]) -> Evaluated:
     return Evaluated(name, frame, Path(name))
 
 
-def test_mcnemar_matches_the_exact_binomial_on_discordant_pairs() -> None:
-    a = np.array([True] * 5 + [True] * 10 + [False] * 3)
-    b = np.array([False] * 5 + [True] * 10 + [False] * 3)
-    assert mcnemar_exact_p(a, b) == pytest.approx(2 * 0.5**5)  # 5 discordant, all one way: 0.0625
-    a2 = np.array([True] * 7 + [False] * 2 + [True] * 20)
-    b2 = np.array([False] * 7 + [True] * 2 + [True] * 20)
-    assert mcnemar_exact_p(a2, b2) == pytest.approx(binomtest(7, 9, 0.5).pvalue)
-    assert mcnemar_exact_p(a2, a2) == 1.0
+def test_mcnemar_matches_statsmodels_and_its_interval_inverts_the_same_test() -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    for b, c in ((5, 0), (7, 2), (3, 8), (0, 0), (20, 9)):
+        test = mcnemar_test(b, c, 200)
+        expected = 1.0 if b + c == 0 else mcnemar([[0, b], [c, 0]], exact=True).pvalue
+        assert test.p_value == pytest.approx(expected) and test.difference == pytest.approx((b - c) / 200)
+        for confidence in (0.95, 0.99):
+            low, high = test.interval(confidence)
+            assert low <= test.difference <= high
+            assert (low > 0 or high < 0) == (test.p_value <= 1 - confidence)  # excludes 0 exactly when it rejects
+    assert mcnemar_test(7, 2, 29).p_value == pytest.approx(binomtest(7, 9, 0.5).pvalue)
 
 
-def test_paired_bootstrap_matches_the_normal_interval_on_a_large_case() -> None:
-    # 200 images: A alone right on 60, B alone right on 20, both right on 100: difference 0.2
-    a = np.array([True] * 60 + [False] * 20 + [True] * 100 + [False] * 20)
-    b = np.array([False] * 60 + [True] * 20 + [True] * 100 + [False] * 20)
-    d = a.astype(float) - b.astype(float)
-    half = 1.96 * d.std(ddof=0) / np.sqrt(len(d))
-    low, high = paired_bootstrap_ci(a, b)
-    assert low == pytest.approx(0.2 - half, abs=0.01) and high == pytest.approx(0.2 + half, abs=0.01)
-    assert paired_bootstrap_ci(a, a) == (0.0, 0.0)
+def test_four_to_none_discordant_images_of_300_are_not_a_difference() -> None:
+    # A right on 4 images B gets wrong, never the reverse: McNemar p = 2 * 0.5**4 = 0.125
+    a = evaluated("a", [True] * 290 + [True] * 4 + [False] * 6)
+    b = evaluated("b", [True] * 290 + [False] * 4 + [False] * 6)
+    pairs = pairwise_table([a, b])
+    row = pairs.iloc[0]
+    assert row["p_value"] == pytest.approx(0.125) and row["verdict"] == NOT_DISTINGUISHABLE
+    assert row["ci_low"] <= 0 <= row["ci_high"]
 
 
-def test_verdicts_name_a_winner_only_when_the_interval_excludes_zero() -> None:
+def test_the_corrected_t_test_matches_its_textbook_formula() -> None:
+    from scipy import stats
+
+    differences = np.array([0.02, 0.05, -0.01, 0.04, 0.03])
+    ratio = 68 / 272  # a fold of 68 held out, 272 trained on
+    test = corrected_t_test(differences, ratio)
+    t = differences.mean() / np.sqrt((1 / 5 + ratio) * differences.var(ddof=1))
+    assert test.p_value == pytest.approx(2 * stats.t.sf(abs(t), 4))
+    naive = stats.ttest_1samp(differences, 0.0).pvalue
+    assert test.p_value > naive  # the overlap of training sets widens the test
+    low, high = test.interval(0.95)
+    assert (low + high) / 2 == pytest.approx(differences.mean())
+    assert (low > 0) == (test.p_value <= 0.05)
+
+
+def test_holm_levels_agree_with_statsmodels_and_with_the_intervals() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(3)
+    for _ in range(8):  # statsmodels collects garbage on every call: a few cases
+        p = rng.uniform(0, 0.1, size=rng.integers(1, 7))
+        rejected, adjusted, levels = holm_levels(p)
+        assert rejected.tolist() == multipletests(p, method="holm")[0].tolist()
+        assert adjusted == pytest.approx(multipletests(p, method="holm")[1])
+        assert ((p <= levels) == rejected).all()  # a test at its level rejects exactly the pairs Holm rejects
+
+
+def test_holm_keeps_the_family_wise_false_difference_rate_of_four_equal_configurations_at_5_percent() -> None:
+    # Four configurations of equal skill on 300 images: each image has its own difficulty, each configuration its
+    # own luck. Uncorrected, some pair of the six is called different far more often than 5% of the time.
+    rng = np.random.default_rng(2024)
+    simulations, false_alarms, uncorrected = 1000, 0, 0
+    for _ in range(simulations):
+        chance = rng.beta(12, 0.6, size=300)  # most images easy (~0.95), a few hard
+        correct = rng.random((4, 300)) < chance
+        p_values = [
+            mcnemar_test(int(np.sum(a & ~b)), int(np.sum(~a & b)), 300).p_value
+            for a, b in itertools.combinations(correct, 2)
+        ]
+        false_alarms += int(holm_levels(p_values)[0].any())
+        uncorrected += int(min(p_values) <= 0.05)
+    assert false_alarms / simulations <= 0.05 < uncorrected / simulations
+
+
+def test_the_interval_shown_never_disagrees_with_the_verdict() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        skills = rng.uniform(0.6, 0.95, size=3)
+        items = [evaluated(f"s{i}", list(rng.random(120) < skill)) for i, skill in enumerate(skills)]
+        for row in pairwise_table(items).itertuples():
+            excludes_zero = row.ci_low > 0 or row.ci_high < 0
+            assert excludes_zero == (row.verdict != NOT_DISTINGUISHABLE), row
+
+
+def test_verdicts_name_a_winner_only_when_it_beats_every_other_one_after_correction() -> None:
     strong = evaluated("strong", [True] * 50)
     weak = evaluated("weak", [True] * 20 + [False] * 30)
     close = evaluated("close", [True] * 49 + [False])
-    pairs = pairwise_table([strong, weak, close])
+    comparison = compare_items([strong, weak, close])
+    pairs = comparison.pairs
     verdicts = dict(zip(zip(pairs["a"], pairs["b"], strict=True), pairs["verdict"], strict=True))
     assert verdicts[("strong", "weak")] == "strong better than weak"
     assert verdicts[("weak", "close")] == "weak worse than close"
     assert verdicts[("strong", "close")] == NOT_DISTINGUISHABLE
     summary = summary_table([strong, weak, close])
     assert summary["n"].tolist() == [50, 50, 50]
-    assert best_configuration(summary, pairs) is None  # strong does not beat close at 95%
-    two = [strong, weak]
-    assert best_configuration(summary_table(two), pairwise_table(two)) == "strong"
+    assert best_configuration(summary, pairs) is None and comparison.winner is None
+    # the sentence says exactly which pairs differ
+    assert comparison.sentence == (
+        "No configuration beats all others; strong better than weak; weak worse than close "
+        "(Holm's correction over 3 pairs); the other 1 pair is not distinguishable."
+    )
+    two = compare_items([strong, weak])
+    assert two.winner == "strong" and two.sentence.startswith("strong is better than every other configuration")
+    same = compare_items([close, evaluated("twin", [True] * 49 + [False])])
+    assert (
+        same.sentence
+        == "No pair differs: both configurations are not distinguishable at 95% (Holm's correction over 1 pair)."
+    )
+
+
+def cv_evaluated(name: str, accuracy_per_fold: list[list[float]], n_per_fold: int = 20, **cv: object) -> Evaluated:
+    """A cross-validation's out-of-fold predictions: repeat r, fold k right on the given share of its images."""
+    rows = []
+    for repeat, accuracies in enumerate(accuracy_per_fold):
+        image = 0
+        for fold, accuracy in enumerate(accuracies):
+            right = round(accuracy * n_per_fold)
+            for i in range(n_per_fold):
+                ok = i < right
+                rows.append(
+                    {"path": f"img{image}", "true": "x", "predicted": "x" if ok else "y"}
+                    | {"p_x": 0.8 if ok else 0.3, "p_y": 0.2 if ok else 0.7, "repeat": repeat, "fold": fold}
+                )
+                image += 1
+    settings = {"folds": len(accuracy_per_fold[0]), "repeats": len(accuracy_per_fold), "fold_seed": 42}
+    return Evaluated(name, pd.DataFrame(rows), Path(name), {"status": "finished", **settings, **cv})
+
+
+def test_cross_validations_are_compared_fold_by_fold_with_the_corrected_t_test() -> None:
+    a = cv_evaluated("a", [[0.9, 0.95, 0.85, 0.9, 0.95]])
+    b = cv_evaluated("b", [[0.85, 0.9, 0.85, 0.85, 0.9]])
+    row = pairwise_table([a, b]).iloc[0]
+    expected = corrected_t_test([0.05, 0.05, 0.0, 0.05, 0.05], 20 / 80)
+    assert row["test"] == "corrected t-test" and row["units"] == 5
+    assert row["p_value"] == pytest.approx(expected.p_value) and row["difference"] == pytest.approx(0.04)
+
+
+def test_compare_refuses_cross_validations_that_were_not_run_alike() -> None:
+    one = cv_evaluated("one", [[0.9] * 5])
+    three = cv_evaluated("three", [[0.9] * 5] * 3)
+    with pytest.raises(PlantlibError, match="one has repeats=1 and three has repeats=3; rerun one with the same"):
+        pairwise_table([one, three])
+    other_seed = cv_evaluated("other", [[0.9] * 5], fold_seed=7)
+    with pytest.raises(PlantlibError, match="fold_seed=42 and other has fold_seed=7"):
+        pairwise_table([one, other_seed])
+    four_folds = cv_evaluated("four", [[0.9] * 4], n_per_fold=25)
+    with pytest.raises(PlantlibError, match="folds=5 and four has folds=4"):
+        pairwise_table([one, four_folds])
+    moved = cv_evaluated("moved", [[0.9] * 5])
+    moved.predictions.loc[0, "fold"], moved.predictions.loc[25, "fold"] = 1, 0
+    with pytest.raises(PlantlibError, match="hold out different images in some fold"):
+        pairwise_table([one, moved])
+    with pytest.raises(PlantlibError, match="one is a cross-validation and run a run on one split"):
+        pairwise_table([one, evaluated("run", [True] * 100)])
+
+
+def test_repeats_are_averaged_not_ensembled() -> None:
+    # Three repeats that each get 4 of 10 images right, different ones: an average of their probabilities would
+    # score 10 of 10 (an ensemble), the honest pooled accuracy is 0.4.
+    rows = []
+    for repeat in range(3):
+        for i in range(10):
+            ok = (i + 3 * repeat) % 10 < 4
+            p_x = 0.9 if ok else 0.45
+            rows.append({"path": f"i{i}", "true": "x", "predicted": "x" if ok else "y"} | {"repeat": repeat})
+            rows[-1] |= {"fold": i % 2, "p_x": p_x, "p_y": 1 - p_x}
+    oof = pd.DataFrame(rows)
+    metrics = pooled_metrics(oof, ["x", "y"])
+    assert metrics["accuracy"] == pytest.approx(0.4) and metrics["repeats"] == 3
+    low, high = metrics["ci95"]["accuracy"]
+    assert low < 0.4 < high
 
 
 def test_comparing_different_images_is_refused(tmp_path: Path) -> None:
@@ -176,7 +308,7 @@ def test_compare_cli_reads_cv_directories(tmp_path: Path) -> None:
     for name, correct in (("good", [True] * 40), ("bad", [True] * 10 + [False] * 30)):
         folder = tmp_path / name
         folder.mkdir()
-        frame = evaluated(name, correct).predictions.assign(repeat=0, fold=0)
+        frame = evaluated(name, correct).predictions.assign(repeat=0, fold=np.arange(40) % 5)
         frame.to_csv(folder / "oof.csv", index=False)
         (folder / "cv.json").write_text(json.dumps({"config": {"backbone": name}}))
     loaded = load_evaluated(tmp_path / "good")

@@ -1,4 +1,4 @@
-"""Metrics on hand-computable cases, the bootstrap, calibration, predictions and saved files."""
+"""Metrics on hand-computable cases, the intervals (exact and bootstrap), calibration, predictions and saved files."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
+from statsmodels.stats.proportion import proportion_confint
 from torch.utils.data import DataLoader, TensorDataset
 
 from plantlib.evaluate import (
+    PROBABILITY_CLIP,
     compute_metrics,
     expected_calibration_error,
     format_metrics,
@@ -19,6 +21,7 @@ from plantlib.evaluate import (
     misclassified,
     predict_probabilities,
     predictions_frame,
+    proportion_ci,
     save_evaluation,
 )
 
@@ -40,20 +43,58 @@ def random_case(n: int = 80, n_classes: int = 2, seed: int = 0) -> tuple[np.ndar
     return y_true, probs
 
 
-def test_perfect_predictions_score_one_with_a_degenerate_interval() -> None:
-    y_true = np.array([0, 1, 0, 1, 1, 0])
+def test_perfect_predictions_get_an_accuracy_interval_that_admits_doubt() -> None:
+    """10 right out of 10 is no proof of a perfect model: the exact interval is 0.69-1, not the bootstrap's 1-1."""
+    y_true = np.array([0, 1] * 5)
     metrics = compute_metrics(y_true, one_hot_probs(list(y_true)), CLASSES, n_bootstrap=200)
-    assert metrics["n"] == 6
+    assert metrics["n"] == 10
     assert metrics["accuracy"] == metrics["precision"] == metrics["recall"] == metrics["f1"] == 1.0
     assert metrics["roc_auc"] == 1.0
-    assert metrics["ci95"] == {
-        "accuracy": [1.0, 1.0],
-        "f1_macro": [1.0, 1.0],
-        "log_loss": [0.0, 0.0],
-        "ece": [0.0, 0.0],
-    }
+    low, high = metrics["ci95"]["accuracy"]
+    assert low == pytest.approx(0.6915, abs=1e-4) and high == 1.0
+    assert metrics["ci95"]["f1_macro"] == [1.0, 1.0]  # a bootstrap, documented to collapse at the edge
+    np.testing.assert_allclose(metrics["ci95"]["log_loss"], [0.0, 0.0], atol=1e-12)
+    assert metrics["ci95"]["ece"] == [0.0, 0.0]
+    assert metrics["ci95_method"]["accuracy"].startswith("exact")
     assert metrics["ece"] == pytest.approx(0.0)
-    assert metrics["confusion_matrix"] == [[3, 0], [0, 3]]
+    assert metrics["confusion_matrix"] == [[5, 0], [0, 5]]
+
+
+@pytest.mark.parametrize(("correct", "n"), [(10, 10), (0, 10), (1, 2), (57, 60), (333, 340)])
+def test_accuracy_interval_is_clopper_pearson(correct: int, n: int) -> None:
+    reference = proportion_confint(correct, n, alpha=0.05, method="beta")
+    np.testing.assert_allclose(proportion_ci(correct, n), reference, atol=1e-9)
+    y_true = np.zeros(n, dtype=int)
+    probs = one_hot_probs([0] * correct + [1] * (n - correct), confidence=0.9)
+    metrics = compute_metrics(y_true, probs, CLASSES, n_bootstrap=50)
+    np.testing.assert_allclose(metrics["ci95"]["accuracy"], reference, atol=1e-9)
+
+
+def test_accuracy_interval_covers_a_near_perfect_model() -> None:
+    """At n = 60 and a true accuracy of 0.98 the old percentile bootstrap covered about 70% of the time."""
+    n, p = 60, 0.98
+    intervals = np.array([proportion_ci(k, n) for k in range(n + 1)])
+    correct = np.random.default_rng(0).binomial(n, p, size=4000)
+    covered = (intervals[correct, 0] <= p) & (p <= intervals[correct, 1])
+    assert covered.mean() >= 0.93
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "confidence", "message"),
+    [(3, 0, 0.95, "n must"), (11, 10, 0.95, "successes"), (2.5, 10, 0.95, "whole"), (3, 10, 95, "confidence")],
+)
+def test_proportion_ci_names_the_bad_value(successes: float, n: int, confidence: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        proportion_ci(successes, n, confidence)
+
+
+def test_log_loss_and_its_interval_clip_probabilities_alike() -> None:
+    """Confidently wrong on every image: each costs -log(PROBABILITY_CLIP), in the estimate and every resample."""
+    y_true = np.zeros(5, dtype=int)
+    metrics = compute_metrics(y_true, one_hot_probs([1] * 5), CLASSES, n_bootstrap=100)
+    worst = -np.log(PROBABILITY_CLIP)
+    assert metrics["log_loss"] == pytest.approx(worst, rel=1e-12)
+    np.testing.assert_allclose(metrics["ci95"]["log_loss"], [worst, worst], rtol=1e-12)
 
 
 def test_known_confusion_matrix_and_per_class_scores() -> None:
@@ -68,7 +109,7 @@ def test_known_confusion_matrix_and_per_class_scores() -> None:
     assert (grass["precision"], grass["recall"], grass["support"]) == (pytest.approx(2 / 3), 1.0, 2)
     assert dandelion["f1"] == pytest.approx(0.8) and grass["f1"] == pytest.approx(0.8)
     assert metrics["f1"] == pytest.approx(0.8)
-    assert metrics["ci95"] == {"accuracy": None, "f1_macro": None, "log_loss": None, "ece": None}
+    assert metrics["ci95"] == {"accuracy": list(proportion_ci(4, 5)), "f1_macro": None, "log_loss": None, "ece": None}
     assert "dandelion" in metrics["classification_report"]
     assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.9, 0.9, 0.9])))
 
@@ -97,10 +138,8 @@ def test_vectorised_bootstrap_matches_sklearn_resample_by_resample() -> None:
     y_pred = probs.argmax(axis=1)
     resamples, seed = 60, 7
     picks = np.random.default_rng(seed).integers(0, len(y_true), size=(resamples, len(y_true)))
-    accuracy = [accuracy_score(y_true[p], y_pred[p]) for p in picks]
     f1 = [f1_score(y_true[p], y_pred[p], average="macro", zero_division=0) for p in picks]
     metrics = compute_metrics(y_true, probs, ["a", "b", "c"], n_bootstrap=resamples, seed=seed)
-    np.testing.assert_allclose(metrics["ci95"]["accuracy"], np.percentile(accuracy, [2.5, 97.5]))
     np.testing.assert_allclose(metrics["ci95"]["f1_macro"], np.percentile(f1, [2.5, 97.5]))
 
 

@@ -1,9 +1,10 @@
-"""Is A better than B? Paired comparisons of configurations evaluated on the same images.
+"""Is A better than B? Comparisons of configurations evaluated on the same images, under one verdict rule.
 
-Each configuration is a cross-validation directory (its pooled out-of-fold predictions) or a run directory
-(its test-split predictions). Pairs are compared image by image: the accuracy difference with a paired
-bootstrap 95% interval, and McNemar's exact test on the images exactly one of them gets right. A difference is
-called only when its interval excludes zero; otherwise the verdict says "not distinguishable at 95%".
+Each configuration is a cross-validation directory (its out-of-fold predictions, fold by fold) or a run directory
+(its test-split predictions). The rule and its tests live in `plantlib.experiments.stats`: cross-validations are
+compared as recipes, fold by fold (corrected resampled t-test), runs on one split image by image (exact McNemar);
+Holm's correction covers every pair shown together. Configurations that were not evaluated alike (other folds,
+fold seed, repeat count or images) are refused, as is a mix of cross-validations and single runs.
 """
 
 from __future__ import annotations
@@ -12,18 +13,28 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from plantlib.errors import PlantlibError
 from plantlib.evaluate import class_columns, compute_metrics
-from plantlib.experiments.cv import OOF_FILE, pooled_predictions
+from plantlib.experiments.cv import OOF_FILE, pooled_metrics
+from plantlib.experiments.stats import (
+    ALPHA,
+    NOT_DISTINGUISHABLE,
+    RULE,
+    PairTest,
+    corrected_t_test,
+    holm_levels,
+    mcnemar_test,
+    verdict_words,
+)
 from plantlib.io import read_json
 from plantlib.runs import is_cv_dir, read_cv_info, read_run_info
 
-NOT_DISTINGUISHABLE = "not distinguishable at 95%"
+__all__ = ["NOT_DISTINGUISHABLE", "RULE"]
 
 
 @dataclass
@@ -31,17 +42,22 @@ class Evaluated:
     """One configuration's predictions on a set of images, with a name for tables."""
 
     name: str
-    predictions: pd.DataFrame  # path, true, predicted, p_<class>...
+    predictions: pd.DataFrame  # path, true, predicted, p_<class>...; a CV's also repeat and fold, per repeat
     source: Path
+    cv: dict[str, Any] | None = None  # a cross-validation's cv.json; None for a run on one split
 
 
 def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
-    """A CV directory's pooled out-of-fold predictions, or a run directory's test-split predictions."""
+    """A CV directory's out-of-fold predictions (every repeat), or a run directory's test-split predictions."""
     path = Path(path)
     if is_cv_dir(path):
-        oof = pd.read_csv(path / OOF_FILE)
-        predictions = pooled_predictions(oof, class_columns(oof))
-        config = read_cv_info(path)["config"]
+        info = read_cv_info(path)
+        if info.get("status", "finished") != "finished":
+            raise PlantlibError(
+                f"{path} is not a finished cross-validation; finish it with plantlib cv --resume {path}"
+            )
+        predictions = pd.read_csv(path / OOF_FILE)
+        return Evaluated(name or configuration_name(info["config"], path), predictions, path, info)
     elif (path / "predictions.csv").is_file():  # a run, or an ensemble's evaluation (no config of its own)
         predictions = pd.read_csv(path / "predictions.csv")
         config = read_json(path / "config.json")  # {} when missing
@@ -93,38 +109,8 @@ def configuration_name(config: dict, path: Path, most: int = 3) -> str:
     return f"{shown} ({path.name})"
 
 
-def paired_bootstrap_ci(
-    correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of accuracy(A) - accuracy(B), resampling images (the same ones for both)."""
-    difference = correct_a.astype(np.float64) - correct_b.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(difference), size=(n_bootstrap, len(difference)))
-    means = difference[picks].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def mcnemar_exact_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value: a binomial test on the images exactly one of A and B gets right."""
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
-    if only_a + only_b == 0:
-        return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
-
-def verdict(name_a: str, name_b: str, ci: tuple[float, float]) -> str:
-    if ci[0] > 0:
-        return f"{name_a} better than {name_b}"
-    if ci[1] < 0:
-        return f"{name_a} worse than {name_b}"
-    return NOT_DISTINGUISHABLE
-
-
-def _correct(evaluated: Evaluated, paths: list[str]) -> np.ndarray:
-    frame = evaluated.predictions.set_index("path").loc[paths]
-    return (frame["true"] == frame["predicted"]).to_numpy()
+def _correct(predictions: pd.DataFrame) -> pd.Series:
+    return predictions["true"] == predictions["predicted"]
 
 
 def _same_images(items: Sequence[Evaluated]) -> list[str]:
@@ -140,13 +126,87 @@ def _same_images(items: Sequence[Evaluated]) -> list[str]:
     return sorted(reference)
 
 
+# What two cross-validations must share to be compared fold by fold, with the flag that sets each.
+_CV_SETTINGS = {"folds": "--folds", "repeats": "--repeats (or --seeds)", "include_test": "--include-test"}
+
+
+def check_comparable(items: Sequence[Evaluated]) -> None:
+    """Refuse, in one line naming the mismatch, configurations that were not evaluated alike."""
+    if len(items) < 2:
+        raise PlantlibError("compare needs two or more configurations")
+    kinds = {item.name: item.cv is not None for item in items}
+    if len(set(kinds.values())) > 1:
+        cv_name = next(name for name, is_cv in kinds.items() if is_cv)
+        run_name = next(name for name, is_cv in kinds.items() if not is_cv)
+        raise PlantlibError(
+            f"{cv_name} is a cross-validation and {run_name} a run on one split; compare CVs with CVs, runs with runs"
+        )
+    first = items[0]
+    if first.cv is not None:
+        for other in items[1:]:
+            for key, flag in (*_CV_SETTINGS.items(), ("fold_seed", "--split-seed")):
+                mine, theirs = _cv_setting(first, key), _cv_setting(other, key)
+                if mine != theirs:
+                    raise PlantlibError(
+                        f"{first.name} has {key}={mine} and {other.name} has {key}={theirs}; "
+                        f"rerun one with the same {flag} so both are evaluated on the same folds"
+                    )
+    _same_images(items)
+    if first.cv is not None:
+        reference = _fold_keys(first)
+        for other in items[1:]:
+            if not _fold_keys(other).equals(reference):
+                raise PlantlibError(
+                    f"{first.name} and {other.name} hold out different images in some fold; "
+                    "rerun one with the same --split-seed, --folds and --repeats"
+                )
+
+
+def _cv_setting(item: Evaluated, key: str) -> Any:
+    cv = item.cv or {}
+    if key == "fold_seed" and "fold_seed" not in cv:  # cross-validations from before the seed was recorded
+        config = cv.get("config", {})
+        return config.get("split_seed") if config.get("split_seed") is not None else config.get("seed")
+    return cv.get(key, 1 if key == "repeats" else None)
+
+
+def _fold_keys(item: Evaluated) -> pd.DataFrame:
+    """(path, repeat, fold) of every held-out prediction, sorted: equal frames mean equal folds."""
+    frame = item.predictions[["path", "repeat", "fold"]]
+    return frame.sort_values(["repeat", "path"]).reset_index(drop=True)
+
+
+def _fold_accuracies(item: Evaluated) -> pd.Series:
+    """Accuracy of each (repeat, fold) on its held-out images."""
+    frame = item.predictions.assign(correct=_correct(item.predictions))
+    return frame.groupby(["repeat", "fold"])["correct"].mean()
+
+
+def _cv_pair(a: Evaluated, b: Evaluated) -> PairTest:
+    accuracy_a, accuracy_b = _fold_accuracies(a), _fold_accuracies(b)
+    sizes = a.predictions.groupby(["repeat", "fold"]).size()
+    pool = len(a.predictions) / a.predictions["repeat"].nunique()
+    ratio = float(np.mean(sizes / (pool - sizes)))  # held-out / trained-on images of a fold
+    return corrected_t_test((accuracy_a - accuracy_b.loc[accuracy_a.index]).to_numpy(), ratio)
+
+
+def _run_pair(a: Evaluated, b: Evaluated, paths: list[str]) -> tuple[PairTest, int, int]:
+    correct_a = _correct(a.predictions.set_index("path").loc[paths]).to_numpy()
+    correct_b = _correct(b.predictions.set_index("path").loc[paths]).to_numpy()
+    only_a, only_b = int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b))
+    return mcnemar_test(only_a, only_b, len(paths)), only_a, only_b
+
+
 def summary_table(items: Sequence[Evaluated]) -> pd.DataFrame:
-    """Per configuration: n, accuracy and macro F1 with their 95% CIs."""
+    """Per configuration: n, accuracy and macro F1 with their 95% CIs (repeats averaged, never ensembled)."""
     rows = []
     for item in items:
         classes = class_columns(item.predictions)
-        y_true = item.predictions["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        metrics = compute_metrics(y_true, item.predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
+        if item.cv is not None:
+            metrics = pooled_metrics(item.predictions, classes)
+        else:
+            y_true = item.predictions["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+            metrics = compute_metrics(y_true, item.predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
         ci = metrics["ci95"]
         rows.append(
             {
@@ -163,40 +223,86 @@ def summary_table(items: Sequence[Evaluated]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pairwise_table(items: Sequence[Evaluated], n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """For each pair: accuracy difference, its paired-bootstrap 95% CI, McNemar's exact p, and the verdict."""
-    if len(items) < 2:
-        raise PlantlibError("compare needs two or more configurations")
+def pairwise_table(items: Sequence[Evaluated], alpha: float = ALPHA) -> pd.DataFrame:
+    """Every pair under the verdict rule: difference A − B, its Holm-level interval, raw and Holm p, verdict."""
+    check_comparable(items)
     paths = _same_images(items)
     rows = []
     for a, b in itertools.combinations(items, 2):
-        correct_a, correct_b = _correct(a, paths), _correct(b, paths)
-        ci = paired_bootstrap_ci(correct_a, correct_b, n_bootstrap, seed)
+        if a.cv is not None:
+            test, only_a, only_b = _cv_pair(a, b), None, None
+        else:
+            test, only_a, only_b = _run_pair(a, b, paths)
         rows.append(
-            {
-                "a": a.name,
-                "b": b.name,
-                "n": len(paths),
-                "difference": float(correct_a.mean() - correct_b.mean()),
-                "ci_low": ci[0],
-                "ci_high": ci[1],
-                "only_a_right": int(np.sum(correct_a & ~correct_b)),
-                "only_b_right": int(np.sum(~correct_a & correct_b)),
-                "mcnemar_p": mcnemar_exact_p(correct_a, correct_b),
-                "verdict": verdict(a.name, b.name, ci),
-            }
+            {"a": a.name, "b": b.name, "n": len(paths), "units": test.units, "test": test.method}
+            | {"difference": test.difference, "p_value": test.p_value, "only_a_right": only_a}
+            | {"only_b_right": only_b, "_test": test}
         )
-    return pd.DataFrame(rows)
+    rejected, adjusted, levels = holm_levels([row["p_value"] for row in rows], alpha)
+    for row, reject, p_holm, level in zip(rows, rejected, adjusted, levels, strict=True):
+        confidence = 1.0 - float(level)
+        low, high = row.pop("_test").interval(confidence)
+        row.update(ci_low=low, ci_high=high, ci_level=confidence, p_holm=float(p_holm))
+        row["verdict"] = verdict_words(row["a"], row["b"], row["difference"], bool(reject))
+    columns = ["a", "b", "n", "units", "test", "difference", "ci_low", "ci_high", "ci_level", "p_value", "p_holm"]
+    columns += ["only_a_right", "only_b_right", "verdict"]
+    frame = pd.DataFrame(rows)[columns]
+    if items[0].cv is not None:
+        frame = frame.drop(columns=["only_a_right", "only_b_right"])
+    return frame
 
 
 def best_configuration(summary: pd.DataFrame, pairs: pd.DataFrame) -> str | None:
-    """The configuration better than every other one at 95%, or None when no single winner is supported."""
+    """The configuration the rule calls better than every other one, or None when no single winner is supported."""
     for name in summary["configuration"]:
         mine = pairs[(pairs["a"] == name) | (pairs["b"] == name)]
-        wins = [(row.a == name and row.ci_low > 0) or (row.b == name and row.ci_high < 0) for row in mine.itertuples()]
+        wins = [
+            row.verdict == verdict_words(row.a, row.b, 1.0 if row.a == name else -1.0, True)
+            for row in mine.itertuples()
+        ]
         if wins and all(wins):
             return str(name)
     return None
+
+
+def verdict_sentence(pairs: pd.DataFrame, winner: str | None) -> str:
+    """One sentence that says exactly which pairs differ, consistent with the table and the winner."""
+    count = len(pairs)
+    correction = f"Holm's correction over {count} pair{'s' if count != 1 else ''}"
+    differing = [row.verdict for row in pairs.itertuples() if row.verdict != NOT_DISTINGUISHABLE]
+    if winner is not None:
+        return f"{winner} is better than every other configuration at 95% ({correction})."
+    if differing:
+        rest = count - len(differing)
+        return f"No configuration beats all others; {'; '.join(differing)} ({correction})" + (
+            f"; the other {rest} pair{'s are' if rest != 1 else ' is'} not distinguishable." if rest else "."
+        )
+    return f"No pair differs: {'both configurations are' if count == 1 else f'all {count} pairs are'} " + (
+        f"not distinguishable at 95% ({correction})."
+    )
+
+
+@dataclass
+class Comparison:
+    """The tables and the verdict of one comparison."""
+
+    summary: pd.DataFrame
+    pairs: pd.DataFrame
+    winner: str | None
+    sentence: str
+
+
+def compare_items(items: Sequence[Evaluated]) -> Comparison:
+    pairs = pairwise_table(items)
+    summary = summary_table(items)
+    winner = best_configuration(summary, pairs)
+    return Comparison(summary, pairs, winner, verdict_sentence(pairs, winner))
+
+
+def compare_paths(paths: Sequence[Path], names: Sequence[str] | None = None) -> Comparison:
+    """`plantlib compare`: CV or run directories, optionally with display names."""
+    chosen = list(names) if names is not None else [None] * len(paths)
+    return compare_items([load_evaluated(Path(p), n) for p, n in zip(paths, chosen, strict=True)])
 
 
 def _with_ci(value: float, low: float, high: float) -> str:

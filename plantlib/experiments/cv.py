@@ -3,6 +3,8 @@
 Every pool image is held out exactly once per repeat, by a model that never saw it, and never used for early
 stopping or checkpoint selection (each fold carves its early-stopping set out of its own training part). The
 pooled out-of-fold predictions give metrics over the whole pool (n = pool size) instead of one small test split.
+Repeats draw new folds (split seed + repeat) and train with their own seed (`seeds`), so training randomness is
+sampled as well; their pooled metrics are averaged over repeats, never computed from an ensemble of repeats.
 Folds share one decoded-image cache, so each image is decoded once per process.
 """
 
@@ -116,34 +118,48 @@ def cross_validate(
     cv_dir: Path | None = None,
     callbacks: Sequence[CallbackLike] = (),
     show_progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> CrossValidation:
     """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
 
-    Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds.
+    `seeds` are the training seeds of the repeats (their number sets `repeats`); by default repeat r trains with
+    `config.seed + r`. Folds always come from the split seed, so two recipes with other training seeds share them.
+    Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds and seeds.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
         saved = read_cv_info(cv_dir)
         config = RunConfig.from_dict(saved["config"])
         folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
+        seeds = saved.get("seeds")
+    seeds = repeat_seeds(config.seed, repeats, seeds)
+    repeats = len(seeds)
     data = prepare_data(config, show_progress=show_progress)
     assigned = assign_folds(cv_pool(data, include_test), folds, repeats, config.effective_split_seed)
     outside = data.split.loc[~data.split["path"].isin(assigned["path"]), ["path", "label", "group"]]
     cv_dir = Path(cv_dir) if cv_dir is not None else new_cv_dir(config, folds)
     cv_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"folds": folds, "repeats": repeats, "include_test": include_test, "pool_size": len(assigned)}
+    settings = {
+        "folds": folds,
+        "repeats": repeats,
+        "seeds": seeds,
+        "fold_seed": config.effective_split_seed,
+        "include_test": include_test,
+        "pool_size": len(assigned),
+    }
     write_json(cv_dir / CV_FILE, {"status": "running", "config": config.to_dict(), **settings})
     atomic_write(cv_dir / "folds.csv", lambda handle: assigned.to_csv(handle, index=False, lineterminator="\n"))
     cache = build_image_cache(config)
     rows = []
     tags = {"backbone": config.backbone}
     with ParentRun(config, cv_dir.name, {**settings, **tags}, tags) as group:
-        fold_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
+        parent_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
         for repeat in range(repeats):
+            repeat_config = _with_training_seed(parent_config, seeds[repeat])
             for fold in range(folds):
                 split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed, outside)
                 run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
                 rows.append(
-                    _run_fold(fold_config, data, split, run_dir, cache, callbacks, show_progress)
+                    _run_fold(repeat_config, data, split, run_dir, cache, callbacks, show_progress)
                     | {"repeat": repeat, "fold": fold}
                 )
         result = _summarise(cv_dir, rows, data.classes)
@@ -154,6 +170,36 @@ def cross_validate(
         group.log_file(cv_dir / CV_FILE)
         group.log_file(cv_dir / OOF_FILE)
     return result
+
+
+def repeat_seeds(seed: int, repeats: int, seeds: Sequence[int] | None = None) -> list[int]:
+    """The training seed of each repeat: `seeds` as given (distinct, non-negative), else seed, seed + 1, …"""
+    if seeds is None:
+        if repeats < 1:
+            raise ConfigError(f"repeats={repeats} is not allowed; use 1 or more")
+        return [seed + repeat for repeat in range(repeats)]
+    chosen = [int(value) for value in seeds]
+    if not chosen or min(chosen) < 0 or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"seeds={list(seeds)} is not allowed; give distinct non-negative integers, e.g. 1,2,3")
+    return chosen
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """ "1,2,3" -> [1, 2, 3]; empty -> None (one repeat per --repeats, seeds counted up from `seed`)."""
+    if not text or not str(text).strip():
+        return None
+    try:
+        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"seeds={text!r} is not a comma-separated list of integers; write e.g. 1,2,3") from None
+    return repeat_seeds(0, len(seeds), seeds)
+
+
+def _with_training_seed(config: RunConfig, seed: int) -> RunConfig:
+    """`config` training with `seed`; the split seed stays what it was, so the folds do not move."""
+    if seed == config.seed:
+        return config
+    return config.replace(seed=seed, split_seed=config.effective_split_seed)
 
 
 def _run_fold(
@@ -196,10 +242,7 @@ def _summarise(
     parts = [frame.assign(repeat=row["repeat"], fold=row["fold"]) for frame, row in zip(frames, rows, strict=True)]
     oof = pd.concat(parts, ignore_index=True)
     atomic_write(cv_dir / OOF_FILE, lambda handle: oof.to_csv(handle, index=False, lineterminator="\n"))
-    averaged = pooled_predictions(oof, classes)
-    y_true = averaged["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    metrics = compute_metrics(y_true, averaged[[f"p_{c}" for c in classes]].to_numpy(), classes)
-    return CrossValidation(cv_dir, metrics, pd.DataFrame(rows), oof)
+    return CrossValidation(cv_dir, pooled_metrics(oof, classes), pd.DataFrame(rows), oof)
 
 
 def reevaluate_out_of_fold(
@@ -240,8 +283,39 @@ def reevaluate_out_of_fold(
     return CrossValidation(target, result.metrics, result.folds, result.oof)
 
 
+def pooled_metrics(oof: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    """Out-of-fold metrics over the pool: one repeat's `compute_metrics`, or with R repeats the mean of each
+    repeat's numbers and interval bounds (n stays the pool size). Averaging probabilities over repeats instead would
+    score an R-model ensemble, better than any one repeat's models."""
+    repeats = sorted(oof["repeat"].unique()) if "repeat" in oof.columns else [0]
+    per_repeat = []
+    for repeat in repeats:
+        part = oof[oof["repeat"] == repeat] if "repeat" in oof.columns else oof
+        y_true = part["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        per_repeat.append(compute_metrics(y_true, part[[f"p_{c}" for c in classes]].to_numpy(), classes))
+    if len(per_repeat) == 1:
+        return per_repeat[0]
+    return _average_metrics(per_repeat)
+
+
+def _average_metrics(per_repeat: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scalars averaged; ci95 bounds averaged; everything else (tables, n) from the first repeat."""
+    averaged = dict(per_repeat[0])
+    for key, value in per_repeat[0].items():
+        if isinstance(value, float) and all(isinstance(m.get(key), float) for m in per_repeat):
+            averaged[key] = float(np.mean([m[key] for m in per_repeat]))
+    bounds = {}
+    for key, first in (per_repeat[0].get("ci95") or {}).items():
+        values = [m["ci95"].get(key) for m in per_repeat]
+        bounds[key] = None if first is None or None in values else [float(x) for x in np.mean(values, axis=0)]
+    averaged["ci95"] = bounds
+    averaged["repeats"] = len(per_repeat)
+    return averaged
+
+
 def pooled_predictions(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One prediction per pool image: its out-of-fold probabilities averaged over repeats."""
+    """One prediction per pool image: its out-of-fold probabilities averaged over repeats (an ensemble of the
+    repeats when there are several: label it as one; `pooled_metrics` gives the repeat-averaged scores)."""
     columns = [f"p_{c}" for c in classes]
     mean = oof.groupby("path", sort=True)[columns].mean()
     true = oof.groupby("path", sort=True)["true"].first()

@@ -281,11 +281,15 @@ class MlflowTracking(Callback):
             return
         import pandas as pd
 
-        from plantlib.plots import save_run_figures
+        from plantlib.plots import plot_history, save_figure, save_run_figures
 
-        predictions = pd.read_csv(trainer.run_dir / "predictions.csv")
-        figures = save_run_figures(trainer.run_dir / "figures", result.history, result.test_metrics or {}, predictions)
-        metrics = test_metrics(result.test_metrics or {})
+        if result.test_metrics is None:  # a run that evaluated no test split (a sweep's trial): its history only
+            figures = [save_figure(plot_history(result.history), trainer.run_dir / "figures" / "history.png")]
+            metrics = {}
+        else:
+            predictions = pd.read_csv(trainer.run_dir / "predictions.csv")
+            figures = save_run_figures(trainer.run_dir / "figures", result.history, result.test_metrics, predictions)
+            metrics = test_metrics(result.test_metrics)
         metrics.update(run_summary_metrics({"epochs_done": len(result.history), "train_seconds": result.seconds}))
         files = [trainer.run_dir / name for name in RUN_FILES] + figures
         best = trainer.run_dir / "best.pt"

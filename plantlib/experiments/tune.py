@@ -2,27 +2,38 @@
 
 Storage: by default a journal file inside the project (`artifacts/optuna/journal.log`), which Optuna locks so
 several processes on one machine can work on one study; any database URL (e.g. PostgreSQL) lets processes on
-several machines share it. Rerunning a study name continues it. Each trial is an ordinary (tracked) run or a
-cross-validation; single-run trials are pruned on their per-epoch validation loss.
+several machines share it. Rerunning a study name continues it. Each trial is an ordinary (tracked) run that
+never looks at the test split, or a cross-validation. Single-run trials are pruned on the metric the study
+optimises, per epoch and in its direction. Every trial samples with a seed of its own, derived from the study
+seed and its trial number: one worker is reproducible, and workers sharing a study draw different values.
+
+The best trial's value is optimistic (it was selected on the very images it was measured on); `confirm_best`
+cross-validates the best and the base config on folds and seeds the study never used and compares them.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import optuna
 import yaml
 
 from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig, field_names
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.cv import cross_validate
-from plantlib.experiments.tracking import ParentRun, tracking_callbacks
+from plantlib.experiments.tracking import (
+    ParentRun,
+    tracking_callbacks,
+)
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
-from plantlib.train import Callback, StopTraining, Trainer
+from plantlib.train import Callback, StopTraining, Trainer, TrainingResult
 
 DEFAULT_SPACE = """
 learning_rate: {type: float, low: 0.0003, high: 0.003, log: true}
@@ -33,7 +44,8 @@ label_smoothing: {type: float, low: 0.0, high: 0.15}
 weight_decay: {type: float, low: 0.000001, high: 0.01, log: true}
 epochs: {type: int, low: 3, high: 6}
 """
-METRICS = {"accuracy": "maximize", "log_loss": "minimize"}
+METRICS = {"accuracy": "maximize", "log_loss": "minimize"}  # what a study optimises, and in which direction
+EPOCH_METRICS = {"accuracy": "val_accuracy", "log_loss": "val_loss"}  # each metric's column in a run's history
 PARAMETER_TYPES = ("float", "int", "categorical")
 
 
@@ -119,30 +131,161 @@ def open_storage(url: str | None) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-class PruneOnValLoss(Callback):
-    """Reports each epoch's validation loss to the trial and stops the run when the pruner says so."""
+# ------------------------------------------------------------------------------ sampling, pruning, the study
 
-    def __init__(self, trial: Any) -> None:
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The sampling seed of one trial: the same for the same (study seed, trial number), different across trials."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler, seeded afresh for every trial with `trial_seed(seed, trial.number)`.
+
+    Seeding one sampler per process with the study seed makes workers that share a study draw the same values;
+    the storage numbers trials uniquely across workers, so a seed derived from the trial number keeps one worker
+    reproducible and makes many workers diverse. Every sampler method is handed to that trial's TPE sampler.
+    """
+
+    def __init__(self, seed: int, **tpe_options: Any) -> None:
+        self.seed = seed
+        self.tpe_options = tpe_options
+        self._samplers: dict[int, optuna.samplers.TPESampler] = {}  # by trial number, while the trial runs
+
+    def _sampler(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+        sampler = self._samplers.get(trial.number)
+        if sampler is None:
+            sampler = optuna.samplers.TPESampler(seed=trial_seed(self.seed, trial.number), **self.tpe_options)
+            self._samplers[trial.number] = sampler
+        return sampler
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._samplers.pop(trial.number, None)  # a new trial starts from its seed
+        self._sampler(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._sampler(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._sampler(trial).after_trial(study, trial, state, values)
+        self._samplers.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        """Nothing to reseed: every trial's sampler is seeded from its own trial number."""
+
+
+def default_pruner() -> optuna.pruners.BasePruner:
+    """The median pruner: after 3 finished trials, a trial whose best epoch so far is behind the median of the
+    others at the same epoch stops (it reads the reported values in the study's direction)."""
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def open_study(
+    storage: str | None, study_name: str, metric: str, seed: int, pruner: optuna.pruners.BasePruner | None = None
+) -> optuna.Study:
+    """Create or continue `study_name` optimising `metric` in its direction; an existing study must agree."""
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r} is not allowed; choose one of: {', '.join(METRICS)}")
+    study = optuna.create_study(
+        storage=open_storage(storage),
+        study_name=study_name,
+        direction=METRICS[metric],
+        load_if_exists=True,
+        sampler=TrialSeededSampler(seed),
+        pruner=pruner or default_pruner(),
+    )
+    found = study.direction.name.lower()
+    if found != METRICS[metric]:
+        raise ConfigError(
+            f"study {study_name!r} was created to {found} its metric, but metric={metric!r} is to be "
+            f"{METRICS[metric]}d; pass the metric it was created with, or a new study name"
+        )
+    return study
+
+
+class PruneOnMetric(Callback):
+    """Reports each epoch's validation value of the study's metric to the trial (val_accuracy for accuracy,
+    val_loss for log_loss) and stops the run when the pruner, reading it in the study's direction, says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        if metric not in METRICS:
+            raise ConfigError(f"metric={metric!r} is not allowed; choose one of: {', '.join(METRICS)}")
+        direction = trial.study.direction.name.lower()
+        if direction != METRICS[metric]:
+            raise ConfigError(f"metric {metric} is to be {METRICS[metric]}d, but the trial's study is to {direction}")
         self.trial = trial
+        self.key = EPOCH_METRICS[metric]
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.trial.report(float(record["val_loss"]), int(record["epoch"]))
+        value, epoch = float(record[self.key]), int(record["epoch"])
+        self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise StopTraining("pruned", f"trial {self.trial.number} pruned after epoch {record['epoch']}")
+            raise StopTraining(
+                "pruned", f"trial {self.trial.number} pruned after epoch {epoch} ({self.key} {value:.4f})"
+            )
+
+
+def trial_value(result: TrainingResult, metric: str) -> float:
+    """A single-run trial's score: the validation `metric` of the epoch its best.pt holds.
+
+    That is the early-stopping monitor's best epoch (`result.best_epoch`), under either monitor: with
+    `early_stopping_monitor="val_accuracy"` the epoch of the lowest validation loss may be one best.pt never held.
+    """
+    rows = [row for row in result.history if int(row["epoch"]) == result.best_epoch]
+    if not rows:
+        raise PlantlibError(f"{result.run_dir}: its history has no row for best epoch {result.best_epoch}")
+    return float(rows[-1][EPOCH_METRICS[metric]])
+
+
+def optimism_note(finished: int, scored_on: str = "validation images") -> str:
+    """What the best value of a study is worth: it was chosen on the images it was measured on."""
+    trials = "trial" if finished == 1 else "trials"
+    return f"the best of {finished} {trials} is an optimistic estimate: it was selected on the same {scored_on}"
 
 
 @dataclass
 class TuneResult:
+    """A study's best trial. `best_value` is optimistic: the best of `finished` trials, selected on the same images
+    it was measured on, so it overstates what the config does on new images; `confirm_best` measures it afresh."""
+
     study_name: str
     best_value: float
     best_params: dict[str, Any]
     best_config_file: Path
-    trials: int
+    trials: int  # trials of the study in any state
+    metric: str = "accuracy"
+    finished: int = 0  # trials that finished (the ones the best was chosen from)
+    scored_on: str = "validation images"
+
+    @property
+    def caveat(self) -> str:
+        return optimism_note(self.finished, self.scored_on)
+
+    @property
+    def statement(self) -> str:
+        """`best accuracy 0.9500 (the best of 8 trials is an optimistic estimate: ...)`."""
+        return f"best {self.metric} {self.best_value:.4f} ({self.caveat})"
 
 
-def _objective(base: RunConfig, space: list[Parameter], metric: str, cv_folds: int, runs_dir: Path, parent: str | None):
-    import optuna
-
+def _objective(
+    base: RunConfig, space: list[Parameter], metric: str, cv_folds: int, runs_dir: Path, parent: str | None
+) -> Any:
     def objective(trial: optuna.Trial) -> float:
         values = {parameter.name: parameter.sample(trial) for parameter in space}
         config = base.replace(
@@ -151,22 +294,22 @@ def _objective(base: RunConfig, space: list[Parameter], metric: str, cv_folds: i
             tracking_parent=parent,
             extra={**base.extra, "study": trial.study.study_name, "trial": trial.number},
         )
-        if cv_folds:
+        if cv_folds:  # held-out folds of the pool are evaluated; the test split stays out of it
             result = cross_validate(config, folds=cv_folds, show_progress=False)
             trial.set_user_attr("cv_dir", str(result.cv_dir))
             return float(result.metrics[metric])
-        trainer = Trainer(config, callbacks=[*tracking_callbacks(config), PruneOnValLoss(trial)], show_progress=False)
+        callbacks = [*tracking_callbacks(config), PruneOnMetric(trial, metric)]
+        trainer = Trainer(config, callbacks=callbacks, show_progress=False)
         trial.set_user_attr("run_dir", str(trainer.run_dir))
         # A finished or pruned trial is never resumed (a rerun of the study starts new trials); a trial that failed
         # otherwise keeps its last.pt.
         try:
-            trainer.fit()
+            trained = trainer.fit(evaluate_test=False)  # choosing hyperparameters must not see test scores
         except StopTraining as stop:
             drop_resume_state(trainer.run_dir)
             raise optuna.TrialPruned(str(stop)) from stop
         drop_resume_state(trainer.run_dir)
-        best = min(trainer.history, key=lambda row: row["val_loss"])  # the epoch best.pt holds (val_loss monitor)
-        return float(best["val_accuracy"] if metric == "accuracy" else best["val_loss"])
+        return trial_value(trained, metric)
 
     return objective
 
@@ -181,15 +324,14 @@ def tune(
     cv_folds: int = 0,
     metric: str = "accuracy",
     out_dir: Path | None = None,
-    pruner: Any = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> TuneResult:
     """Run (or continue) Optuna study `study_name` for `trials` more trials; the best config as a config.json.
 
-    The metric is the validation accuracy (or loss) of a trial's best epoch, or with `cv_folds` the pooled
-    out-of-fold one. Several processes calling this with the same storage and study name share the work.
+    The metric is the validation accuracy (or loss) of the epoch a trial's best.pt holds, or with `cv_folds` the
+    pooled out-of-fold one. Several processes calling this with the same storage and study name share the work.
+    The best value is optimistic (see `TuneResult`); `confirm_best` checks the best config on fresh folds.
     """
-    import optuna
-
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} is not allowed; choose one of: {', '.join(METRICS)}")
     if cv_folds == 1 or cv_folds < 0:
@@ -197,15 +339,10 @@ def tune(
     out = Path(out_dir) if out_dir else artifacts_dir() / "tune" / study_name
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=open_storage(storage),
-        study_name=study_name,
-        direction=METRICS[metric],
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=base.effective_split_seed),
-        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-    )
-    with ParentRun(base, f"study-{study_name}", {"trials": trials, "cv_folds": cv_folds, "metric": metric}) as group:
+    study = open_study(storage, study_name, metric, base.effective_split_seed, pruner)
+    params = {"trials": trials, "cv_folds": cv_folds, "metric": metric}
+    tags = {"best_value": "optimistic: the best trial was selected on the same images it was measured on"}
+    with ParentRun(base, f"study-{study_name}", params, tags) as group:
         objective = _objective(base, space, metric, cv_folds, out / "runs", group.run_id)
         study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(PlantlibError,))
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -216,12 +353,27 @@ def tune(
         write_json(best_file, base.replace(**best.params, output_dir=None, tracking_parent=None).to_dict())
         group.log_file(best_file)
         group.log_metrics({f"best_{metric}": float(best.value)})
-    return TuneResult(study_name, float(best.value), dict(best.params), best_file, len(study.trials))
+    scored_on = "cross-validation folds" if cv_folds else "validation images"
+    return TuneResult(
+        study_name,
+        float(best.value),
+        dict(best.params),
+        best_file,
+        len(study.trials),
+        metric=metric,
+        finished=len(finished),
+        scored_on=scored_on,
+    )
+
+
+# ------------------------------------------------------------------------------------------ confirmation
+
+
+# ------------------------------------------------------------------------------------------ what a study shows
 
 
 def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
     """Static (matplotlib) figures of a study: optimisation history, parameter importances, parallel coordinates."""
-    import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
@@ -247,8 +399,6 @@ def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
 
 def trials_frame(storage: str | None, study_name: str) -> Any:
     """The study's trials as a DataFrame: number, state, value, parameters, duration."""
-    import optuna
-
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     frame.columns = [c.removeprefix("params_") for c in frame.columns]
