@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names
+from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names, parse_config_text, read_config_file
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.paths import use_project_tool_caches
 
@@ -63,6 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and overrides:
         raise PlantlibError(f"--resume continues a run with its saved config; drop {sorted(overrides)}")
     config = resumable_config(args.resume) if args.resume else _config_from_args(args)
+    if args.register:  # a name that cannot be registered fails before the training, not after it
+        from plantlib.experiments.store import registered_model_name
+
+        args.register = registered_model_name(args.register)
     if args.nproc > 1 and not launched_by_torchrun():
         from plantlib.launch import run_torchrun, start_run
 
@@ -99,7 +103,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from plantlib.experiments.store import register_run
 
     version = register_run(args.run_dir, args.name, args.tracking_uri)
-    print(f"registered {args.run_dir} as {args.name} version {version}")
+    print(f"registered {args.run_dir} as {args.name.strip()} version {version}")
     return 0
 
 
@@ -350,6 +354,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from plantlib.reports import check_all_ok, run_reports
 
     parameters = report_parameters(args)
+    if getattr(args, "tracking", None) == "off":
+        import os
+
+        from plantlib.experiments.tracking import TRACKING_ENV
+
+        os.environ[TRACKING_ENV] = "off"  # the notebooks' kernels inherit it
     out_dir = args.out_dir or reports_dir()
     runs = run_reports(parameters, fast=args.fast, out_dir=out_dir, only=args.only, no_input=args.no_input)
     print(f"reports: {out_dir / 'index.html'}")
@@ -361,24 +371,12 @@ def report_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Report parameters in papermill's forms (-f FILE, -y YAML, -p NAME VALUE, -r NAME VALUE) and NAME=VALUE."""
     import yaml
 
-    def mapping(text: str, source: str) -> dict[str, Any]:
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            raise PlantlibError(f"{source} is not valid YAML: {error}") from error
-        if not isinstance(loaded, dict):
-            raise PlantlibError(f"{source} must hold a mapping of name: value (or a section per notebook)")
-        return loaded
-
+    expected = "parameters must be one mapping of name: value (or a section per notebook), e.g. {epochs: 3}"
     parameters: dict[str, Any] = {}
     if args.params:
-        try:
-            text = Path(args.params).read_text(encoding="utf-8")
-        except OSError as error:
-            raise PlantlibError(f"cannot read parameters file {args.params}: {error}") from error
-        parameters.update(mapping(text, f"parameters file {args.params}"))
+        parameters.update(read_config_file(args.params, "YAML", expected, "parameters file", empty_ok=True))
     for text in args.parameters_yaml or []:
-        parameters.update(mapping(text, f"-y {text!r}"))
+        parameters.update(parse_config_text(text, f"-y {text!r}", "YAML", expected, empty_ok=True))
     for values in args.parameter or []:
         if len(values) == 1 and "=" in values[0]:
             name, _, value = values[0].partition("=")
@@ -408,6 +406,20 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
             parser.add_argument(
                 flag, type=_parser_for(kinds[0]), default=argparse.SUPPRESS, help=help_text, metavar=item.name.upper()
             )
+
+
+def _add_no_tracking(
+    parser: argparse.ArgumentParser, help: str = "do not record runs in MLflow (same as --tracking off)"
+) -> None:
+    """`--no-tracking`: the config's tracking="off" (also for a command's own runs: folds, trials, notebooks)."""
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_const",
+        const="off",
+        default=argparse.SUPPRESS,
+        help=help,
+    )
 
 
 def _parser_for(kind: type) -> Callable[[str], Any]:
@@ -464,14 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--register", metavar="NAME", help="register the best checkpoint as a version of model NAME")
     _add_config_options(train)
-    train.add_argument(
-        "--no-tracking",
-        dest="tracking",
-        action="store_const",
-        const="off",
-        default=argparse.SUPPRESS,
-        help="do not record this run in MLflow (same as --tracking off)",
-    )
+    _add_no_tracking(train)
     train.set_defaults(run=_cmd_train)
 
     cv = commands.add_parser("cv", help="K-fold cross-validation of a training config (out-of-fold metrics)")
@@ -489,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
     cv.add_argument("--resume", type=Path, metavar="CV_DIR", help="continue an interrupted cross-validation")
     _add_config_options(cv)
+    _add_no_tracking(cv)
     cv.set_defaults(run=_cmd_cv)
 
     compare = commands.add_parser("compare", help="paired comparison of CV directories or runs on the same split")
@@ -507,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backbones.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
     _add_config_options(backbones)
+    _add_no_tracking(backbones)
     backbones.set_defaults(run=_cmd_compare_backbones)
 
     sweep = commands.add_parser("tune", help="Optuna hyperparameter study over a YAML search space")
@@ -531,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated training seeds of --confirm, one repeat each (default: one the study did not use)",
     )
     _add_config_options(sweep)
+    _add_no_tracking(sweep)
     sweep.set_defaults(run=_cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split or a labelled folder")
@@ -645,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-input", action="store_true", help="leave the code cells out of the HTML reports")
     report.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 01_explore")
     report.add_argument("--out-dir", type=Path, help="where reports go (default: artifacts/reports)")
+    _add_no_tracking(report, "do not record the notebooks' runs in MLflow (sets $PLANTLIB_TRACKING=off for them)")
     report.set_defaults(run=_cmd_report)
     return parser
 

@@ -26,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRACKING_MODES = ("auto", "on", "off")
 ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
+CONFIG_EXAMPLE = '{"epochs": 3}'
+CONFIG_SHAPE = f"a config file must hold one object mapping field names to values, e.g. {CONFIG_EXAMPLE}"
 # The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
 DATA_FIELDS = (
     "split_seed",
@@ -136,19 +138,18 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a mapping; an unknown key is an error that suggests the closest valid name."""
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a config is one mapping of field names to values, e.g. {CONFIG_EXAMPLE}; "
+                f"got a {type(values).__name__}"
+            )
         check_known_names(values)
         return cls(**values)
 
     @classmethod
     def from_json(cls, path: Path) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
-        return cls.from_dict(values)
+        """A config file (JSON; YAML when it ends in .yaml or .yml), read by `read_config_file`."""
+        return cls.from_dict(read_config_file(path))
 
     @property
     def effective_split_seed(self) -> int:
@@ -159,6 +160,72 @@ class RunConfig:
         """A copy with some fields changed (validated again)."""
         check_known_names(changes)
         return dataclasses.replace(self, **changes)
+
+
+def read_config_file(
+    path: str | Path,
+    syntax: str | None = None,
+    expected: str = CONFIG_SHAPE,
+    what: str = "config file",
+    empty_ok: bool = False,
+) -> dict[str, Any]:
+    """The mapping a JSON or YAML file holds; anything else (a list, a number, a string, nothing) is an error
+    that names the file, what it holds and the shape expected. `syntax` ("JSON" or "YAML") defaults to YAML
+    for a name ending in .yaml or .yml and JSON otherwise; `empty_ok` reads an empty file as {}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    syntax = syntax or ("YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from error
+    return parse_config_text(text, str(path), syntax, expected, empty_ok)
+
+
+def parse_config_text(
+    text: str, source: str, syntax: str = "JSON", expected: str = CONFIG_SHAPE, empty_ok: bool = False
+) -> dict[str, Any]:
+    """The mapping `text` holds in `syntax` ("JSON" or "YAML"); `source` names it in every message."""
+    if not text.strip():
+        if empty_ok:
+            return {}
+        raise ConfigError(f"{source} is empty; {expected}")
+    if syntax == "YAML":
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source} is not valid YAML: {error}") from error
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source} is not valid JSON: {error}") from error
+    if value is None and empty_ok:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source} holds {_describe(value, syntax)}; {expected}")
+    odd = [key for key in value if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"{source}: {odd[0]!r} is not a name (keys must be text); {expected}")
+    return value
+
+
+def _describe(value: Any, syntax: str) -> str:
+    """What a parsed document holds, in the words of its syntax: 'a JSON list', 'YAML null'."""
+    if value is None:
+        return f"{syntax} null"
+    if isinstance(value, bool):
+        return f"{syntax} {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"a {syntax} number"
+    if isinstance(value, str):
+        return f"a {syntax} string"
+    if isinstance(value, list):
+        return f"a {syntax} list"
+    return f"a {syntax} {type(value).__name__}"
 
 
 def field_names() -> list[str]:

@@ -25,7 +25,13 @@ from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
 from plantlib.engine import Forward, compile_for_inference
 from plantlib.errors import ConfigError, DataError
-from plantlib.evaluate import compute_metrics, predict_probabilities, predictions_frame, save_evaluation
+from plantlib.evaluate import (
+    PROBABILITY_CLIP,
+    compute_metrics,
+    predict_probabilities,
+    predictions_frame,
+    save_evaluation,
+)
 from plantlib.folding import fold_batchnorm
 from plantlib.models import Classifier, build_model, folds_batchnorm
 from plantlib.runs import read_run_info
@@ -155,7 +161,8 @@ def with_flips(forward: Forward) -> Forward:
 
     def averaged(images: torch.Tensor) -> torch.Tensor:
         views = (images, images.flip(-1), images.flip(-2))
-        return torch.stack([torch.softmax(forward(view).float(), dim=1) for view in views]).mean(0).log()
+        mean = torch.stack([torch.softmax(forward(view).float(), dim=1) for view in views]).mean(0)
+        return mean.clamp_min(PROBABILITY_CLIP).log()  # the one clip of every log loss (plantlib.evaluate)
 
     return averaged
 

@@ -6,12 +6,14 @@ same code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from plantlib.distributed import DistributedContext, all_sum, unshard
-from plantlib.evaluate import predict_logits
+from plantlib.evaluate import PROBABILITY_CLIP, predict_logits
 from plantlib.models import Classifier, frozen_modules
 from plantlib.optim import Optimization, steps_per_epoch_scheduler
 from plantlib.progress import progress
@@ -93,6 +95,11 @@ def split_logits(
 
 
 def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of logits against integer targets (no label smoothing)."""
-    loss = nn.functional.cross_entropy(logits, targets).item()
+    """Mean cross-entropy and accuracy of logits against integer targets (no label smoothing).
+
+    Each image's loss is capped where its probability would be clipped (`evaluate.PROBABILITY_CLIP`), so the
+    validation loss a sweep optimises is the log loss every report prints.
+    """
+    per_image = nn.functional.cross_entropy(logits, targets, reduction="none")
+    loss = per_image.clamp(max=-math.log(PROBABILITY_CLIP)).mean().item()
     return loss, (logits.argmax(1) == targets).double().mean().item()

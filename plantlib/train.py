@@ -39,7 +39,7 @@ from plantlib.io import write_json
 from plantlib.loop import loss_and_accuracy, set_training_mode, split_logits, train_one_epoch
 from plantlib.models import normalization_for, set_backbone_trainable
 from plantlib.optim import EarlyStopping, Optimization, build_optimization, steps_per_epoch_scheduler
-from plantlib.runs import read_run_info, write_run_info
+from plantlib.runs import read_run_info, this_process, write_run_info
 from plantlib.runtime import autocast_dtype, epoch_seed, keep_freed_memory, loader_workers, seed_everything
 
 
@@ -352,7 +352,7 @@ class Trainer:
         trainer = cls(config, data, run_dir, callbacks, show_progress, image_cache)
         if not (run_dir / LAST_CHECKPOINT).is_file():
             if read_run_info(run_dir):  # it started before (a run made by the launcher has no run.json yet)
-                trainer.log(f"{run_dir}: no epoch was saved yet; training from epoch 1")
+                trainer.log(f"{run_dir}: {saved_without_last(run_dir)}; training from epoch 1")
             return trainer
         trainer.restore(load_checkpoint(run_dir / LAST_CHECKPOINT))
         if trainer.start_epoch > trainer.epochs or trainer.optimization.early_stopping.should_stop:
@@ -414,6 +414,8 @@ class Trainer:
             "seconds_per_epoch": round(self.elapsed_s / max(1, len(self.history)), 2),
             **self.annotations,
         }
+        if status == "running":  # who runs it: a reader tells a run whose process died from one still going
+            info["process"] = this_process()
         metrics = self.test_metrics
         if not self.evaluate_test:
             info["test_evaluated"] = False
@@ -421,6 +423,29 @@ class Trainer:
             info["test"] = {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "ece", "n") if k in metrics}
             info["test"]["ci95"] = metrics.get("ci95")
         write_run_info(self.run_dir, info)
+
+
+def saved_without_last(run_dir: Path) -> str:
+    """What a run directory without `last.pt` still holds, for the resume message: the epoch `best.pt` holds
+    (weights only: resuming needs last.pt's optimiser and scheduler state) or the epochs history.json records."""
+    best = Path(run_dir) / BEST_CHECKPOINT
+    if best.is_file():
+        try:
+            epoch = load_checkpoint(best).get("epoch")
+        except CheckpointError:
+            return f"{LAST_CHECKPOINT} is missing (resuming needs it) and {BEST_CHECKPOINT} cannot be read"
+        return (
+            f"{LAST_CHECKPOINT} is missing; {BEST_CHECKPOINT} holds epoch {epoch}, but weights only "
+            f"(resuming needs {LAST_CHECKPOINT}, which also holds the optimiser and scheduler state)"
+        )
+    try:
+        history = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
+        epochs = [int(row["epoch"]) for row in history]
+    except (OSError, ValueError, TypeError, KeyError):
+        epochs = []
+    if epochs:
+        return f"history.json records epoch {max(epochs)}, but {LAST_CHECKPOINT} and {BEST_CHECKPOINT} are missing"
+    return "no epoch was saved yet"
 
 
 def resumable_config(run_dir: Path) -> RunConfig:

@@ -102,3 +102,15 @@ def test_replication_factor_must_be_positive(tiny_dataset: Path, tmp_path: Path,
     data = prepare_data(tiny_config(tiny_dataset, tmp_path / "runs"), show_progress=False)
     with pytest.raises(ValueError, match="factor must be 1 or more"):
         replicate_training_split(data, factor, tmp_path)
+
+
+def test_the_verdict_benchmark_runs_its_scenarios_through_the_comparison_code() -> None:
+    from benchmarks.verdicts import simulate
+
+    rows = simulate(simulations=3, seed=1)
+    assert [row["scenario"].split(",")[0] for row in rows][:3] == ["A/A", "A/A", "4 equal configurations"]
+    for row in rows:
+        rate = float(row["difference claimed (rule)"].split()[0])
+        assert 0.0 <= rate <= 1.0 and row["simulations"] >= 1
+    large = [row for row in rows if row["scenario"].startswith("A/B large")]
+    assert all(float(row["mean accuracy A − B"]) > 0.03 for row in large)  # the planted difference is there

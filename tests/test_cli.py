@@ -93,7 +93,57 @@ def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str) ->
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "text", "holds"),
+    [
+        ("train", "[1, 2]", "a JSON list"),
+        ("scan", "null", "JSON null"),
+        ("cv", "5", "a JSON number"),
+        ("tune", '"abc"', "a JSON string"),
+        ("compare-backbones", '["epochs"]', "a JSON list"),
+        ("lr-find", '{"epochs": 3, "data_dir": "/no/such/folder"}', None),
+    ],
+)
+def test_a_config_file_that_is_not_an_object_is_one_line_and_exit_2(
+    tmp_path: Path, command: str, text: str, holds: str | None
+) -> None:
+    file = tmp_path / "c.json"
+    file.write_text(text, encoding="utf-8")
+    result = run_cli(command, "--config", str(file))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    if holds is None:  # an object is read; what fails is its data_dir
+        assert "/no/such/folder" in result.stderr and "config file" not in result.stderr
+    else:
+        assert f"error: {file} holds {holds}; a config file must hold one object mapping field names" in result.stderr
+
+
 def test_evaluate_refuses_a_folder_with_unknown_classes(trained_run: Path, tmp_path: Path) -> None:
     other = write_dataset(tmp_path / "other", {"ant": 2, "wasp": 2})
     result = run_cli("evaluate", str(trained_run / "best.pt"), "--data-dir", str(other))
     assert result.returncode == 2 and "classes ['wasp'] that the checkpoint does not know" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "tune", "compare-backbones"])
+def test_no_tracking_turns_tracking_off_for_every_command_that_trains(command: str) -> None:
+    from plantlib.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args([command, "--no-tracking"])
+    assert _config_from_args(args).tracking == "off"
+    assert _config_from_args(build_parser().parse_args([command])).tracking == "auto"
+
+
+def test_report_no_tracking_turns_tracking_off_in_the_notebooks_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import plantlib.reports
+    from plantlib.cli import build_parser
+    from plantlib.experiments.tracking import TRACKING_ENV
+
+    seen = []
+    monkeypatch.setenv(TRACKING_ENV, "on")
+    monkeypatch.setattr(plantlib.reports, "run_reports", lambda *a, **k: seen.append(os.environ[TRACKING_ENV]) or [])
+    args = build_parser().parse_args(["report", "--no-tracking", "--out-dir", str(tmp_path)])
+    assert args.run(args) == 0 and seen == ["off"]

@@ -38,3 +38,36 @@ def test_bad_values_name_the_field_and_the_fix(changes: dict, message: str) -> N
 def test_replace_validates_again() -> None:
     with pytest.raises(ConfigError, match="scheduler"):
         RunConfig().replace(scheduler="linear")
+
+
+NOT_AN_OBJECT = [
+    ("[1, 2]", "a JSON list"),
+    ("null", "JSON null"),
+    ("5", "a JSON number"),
+    ('"abc"', "a JSON string"),
+    ('["epochs"]', "a JSON list"),
+]
+
+
+@pytest.mark.parametrize(("text", "holds"), NOT_AN_OBJECT)
+def test_a_config_file_that_is_not_an_object_names_the_file_and_the_shape(
+    tmp_path: Path, text: str, holds: str
+) -> None:
+    file = tmp_path / "c.json"
+    file.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_json(file)
+    expected = 'a config file must hold one object mapping field names to values, e.g. {"epochs": 3}'
+    assert str(caught.value) == f"{file} holds {holds}; {expected}"
+
+
+def test_a_config_file_holding_an_object_is_read_as_json_or_yaml(tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text('{"epochs": 3}', encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("epochs: 4\n", encoding="utf-8")
+    assert RunConfig.from_json(tmp_path / "c.json").epochs == 3
+    assert RunConfig.from_json(tmp_path / "c.yaml").epochs == 4
+    with pytest.raises(ConfigError, match=r"c.yaml: 1 is not a name"):
+        (tmp_path / "c.yaml").write_text("1: 2\n", encoding="utf-8")
+        RunConfig.from_json(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="a config is one mapping"):
+        RunConfig.from_dict(["epochs"])  # type: ignore[arg-type]

@@ -116,6 +116,24 @@ def test_cross_validation_predicts_every_pool_image_once_and_resumes(tmp_path: P
     assert again.metrics["accuracy"] == result.metrics["accuracy"]
 
 
+def test_repeats_train_with_their_own_seeds_on_folds_the_seeds_do_not_move(tmp_path: Path) -> None:
+    data_dir = write_dataset(tmp_path / "d", {"ant": 10, "bee": 10})
+    config = tiny_config(data_dir, tmp_path / "cv", backbone="resnet18", pretrained=False, image_size=48, epochs=1)
+    result = cross_validate(config, folds=2, seeds=[3, 4], show_progress=False)
+    info = json.loads((result.cv_dir / "cv.json").read_text())
+    assert info["seeds"] == [3, 4] and info["repeats"] == 2 and info["fold_seed"] == config.effective_split_seed
+    for repeat, seed in enumerate((3, 4)):
+        fold_config = json.loads((result.cv_dir / f"repeat{repeat}-fold0" / "config.json").read_text())
+        assert fold_config["seed"] == seed and fold_config["split_seed"] == config.effective_split_seed
+    folds = pd.read_csv(result.cv_dir / "folds.csv")
+    expected = assign_folds(folds[["path", "label", "group"]], 2, 2, config.effective_split_seed)
+    assert folds["fold_r0"].tolist() == expected["fold_r0"].tolist()  # the fold seed alone decides the folds
+    per_repeat = result.oof.assign(ok=result.oof["true"] == result.oof["predicted"]).groupby("repeat")["ok"].mean()
+    assert result.metrics["accuracy"] == pytest.approx(per_repeat.mean())  # averaged, not an ensemble's score
+    with pytest.raises(ConfigError, match="give distinct non-negative integers"):
+        cross_validate(config, folds=2, seeds=[3, 3], show_progress=False)
+
+
 def evaluated(name: str, correct: list[bool]) -> Evaluated:
     """Predictions on images img0..imgN: all of class x; right where `correct` says so."""
     frame = pd.DataFrame(

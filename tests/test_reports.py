@@ -29,7 +29,7 @@ def fast_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "image_size",  # papermill's NAME VALUE
         "64",
         "-y",
-        "backbones: efficientnet_lite0",
+        "backbones: efficientnet_lite0,efficientnet_lite1",  # two, so pairwise verdicts and the winner logic run
         root=root,
         env={**guarded_environment(guard), "PLANTLIB_TRACKING": "on"},  # runs go to the project's own store
     )
@@ -71,7 +71,15 @@ def test_report_writes_an_index_and_a_report_per_notebook(fast_report: Path) -> 
     page = (fast_report / "index.html").read_text()
     for name in NOTEBOOKS:
         assert f'href="{name}.html"' in page and (fast_report / f"{name}.ipynb").is_file()
-    assert "1 backbone, 3-fold CV on the same folds" in index[3]["summary"]
+    comparison = index[3]["summary"]
+    assert "2 backbones, 3-fold CV on the same folds" in comparison
+    # the verdict sentence under the one rule: a winner, or which pairs differ, or none; always Holm over 1 pair
+    assert "(Holm's correction over 1 pair)" in comparison
+    best = index[3]["values"]["best"]
+    assert best in (None, "efficientnet_lite0", "efficientnet_lite1")
+    assert ("No pair differs" in comparison) == (best is None)
+    page = (fast_report / "04_compare_backbones.html").read_text()
+    assert "corrected t-test" in page and "p_holm" in page  # the pairs table under the rule
     assert index[4]["summary"].startswith("study report: 3 trials")
 
 
@@ -148,7 +156,9 @@ def test_the_reports_runs_are_tracked_with_the_comparison_as_a_group(fast_report
     trained = Path(index[1]["values"]["run_dir"]).name
     assert by_name[trained].info.status == "FINISHED"  # 02_train's run
     [comparison] = [run for run in runs if run.info.run_name.startswith("compare-")]
-    [cv] = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == comparison.info.run_id]
+    cvs = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == comparison.info.run_id]
+    assert sorted(run.data.tags["backbone"] for run in cvs) == ["efficientnet_lite0", "efficientnet_lite1"]
+    [cv] = [run for run in cvs if run.data.tags["backbone"] == "efficientnet_lite0"]
     folds = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == cv.info.run_id]
     assert cv.data.params["backbone"] == cv.data.tags["backbone"] == "efficientnet_lite0"
     assert cv.data.params["folds"] == "3"

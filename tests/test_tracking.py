@@ -267,3 +267,27 @@ def test_export_matches_predict_and_the_card_names_the_run_metrics(data_dir: Pat
     assert f"Accuracy {test['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f})" in card
     assert f"n = {test['n']}" in card and f"ECE {test['ece']:.3f}" in card
     assert "<h2>Test metrics" in (result.run_dir / "export" / "MODEL_CARD.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ant-bee\n", None),
+        ("  ant bee  ", None),
+        ("ant\nbee", "holds a line break, tab or other unprintable character"),
+        ("ant\tbee", "holds a line break, tab or other unprintable character"),
+        ("ant\x1b[31mbee", "holds a line break, tab or other unprintable character"),
+        (" \n ", "--name must name the registered model"),
+        ("ants/bees", "MLflow refuses '/' and ':'"),
+    ],
+)
+def test_a_registered_model_name_is_trimmed_and_one_printable_line(name: str, message: str | None) -> None:
+    from plantlib.errors import PlantlibError
+    from plantlib.experiments.store import registered_model_name
+
+    if message is None:
+        assert registered_model_name(name) == name.strip()
+        return
+    with pytest.raises(PlantlibError, match=message) as caught:
+        registered_model_name(name)
+    assert "\n" not in str(caught.value)  # one line, the bad name shown escaped

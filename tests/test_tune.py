@@ -64,6 +64,35 @@ def test_a_bad_search_space_fails_before_any_trial(text: str, message: str) -> N
         parse_space(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epochs: {type: int, low: 1.5, high: 1.7}", r"epochs is int, so it needs whole numbers low < high"),
+        ("learning_rate: {type: float, low: 0.001, high: 0.1, lgo: true}", r"unknown key 'lgo' \(did you mean 'log'"),
+        ("head: {type: categorical, choices: [mlp], low: 1}", "head: low is for types float and int only"),
+        ("dropout: {type: float, low: 0.1, high: 0.5, choices: [0.2]}", "choices is for type categorical only"),
+        ("dropout: {type: float, low: 0.1, high: 0.5, log: maybe}", "log must be true or false"),
+        ("epochs: {type: float, low: 1, high: 3}", "epochs=1.0 has type float; expected int"),
+        ("epochs: {type: categorical, choices: [2, 2.5]}", "epochs=2.5 has type float; expected int"),
+        ("epoch: {type: int, low: 1, high: 3}", r"'epoch' is not a config field \(did you mean 'epochs'\?\)"),
+        ("- epochs", "holds a YAML list; a search space must map config fields to ranges"),
+    ],
+)
+def test_a_loose_search_space_is_refused_and_the_message_names_its_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_space(space)
+    assert str(caught.value).startswith(str(space))
+
+
+def test_an_int_parameter_keeps_whole_bounds() -> None:
+    (epochs,) = parse_space("epochs: {type: int, low: 2, high: 4}")
+    assert (epochs.kind, epochs.low, epochs.high, epochs.log) == ("int", 2, 4, False)
+
+
 def test_the_default_space_covers_the_recipes_knobs() -> None:
     names = {parameter.name for parameter in load_space(None)}
     assert {"learning_rate", "backbone_lr_factor", "frozen_blocks", "dropout", "label_smoothing"} <= names

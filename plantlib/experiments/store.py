@@ -135,15 +135,31 @@ def log_files(run_dir: Path, files: list[Path], folder: str, tracking_uri: str |
     return run_id
 
 
+def registered_model_name(name: str) -> str:
+    """`name` without surrounding white space, or an error: a registered model's name is one line of printable
+    characters without '/' or ':' (MLflow's rule), so it reads the same in the UI, in URIs and in a terminal."""
+    trimmed = name.strip()
+    if not trimmed:
+        raise PlantlibError("--name must name the registered model, e.g. --name dandelion-grass")
+    if not trimmed.isprintable():
+        raise PlantlibError(
+            f"--name {name!r} holds a line break, tab or other unprintable character; a registered model's name "
+            "is one line of printable characters, e.g. --name dandelion-grass"
+        )
+    if "/" in trimmed or ":" in trimmed:
+        raise PlantlibError(f"--name {name!r}: MLflow refuses '/' and ':' in a registered model's name")
+    return trimmed
+
+
 def register_run(run: Path, name: str, tracking_uri: str | None = None) -> int:
-    """Register a run's best checkpoint as a new version of registered model `name`; the version number."""
+    """Register a run's best checkpoint as a new version of registered model `name` (trimmed, checked by
+    `registered_model_name`); the version number."""
     from mlflow.exceptions import MlflowException
 
+    name = registered_model_name(name)
     run_dir = _run_dir_of(run)
     find_checkpoint(run_dir / BEST_CHECKPOINT)  # a clear error when the run has no best checkpoint
     client, run_id = tracked_run_id(run_dir, tracking_uri)
-    if not name.strip():
-        raise PlantlibError("--name must name the registered model, e.g. --name dandelion-grass")
     try:
         client.create_registered_model(name)
     except MlflowException as error:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import yaml
 
 from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig, field_names
@@ -69,49 +68,91 @@ class Parameter:
 
 
 def parse_space(text: str, source: str = "search space") -> list[Parameter]:
-    """Parameters from YAML `name: {type: float|int|categorical, low, high, log, choices}`, checked as config."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from error
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(
-            f"{source} must map config fields to ranges, e.g. 'dropout: {{type: float, low: 0.2, high: 0.5}}'"
-        )
+    """Parameters from YAML `name: {type: float|int|categorical, low, high, log, choices}`, checked as config.
+
+    Every message names `source` (the file). Keys are checked per type: `choices` belongs to categorical only,
+    `low`, `high` and `log` to float and int only, and an int parameter needs whole-number bounds.
+    """
+    import difflib
+
+    from plantlib.config import parse_config_text
+
+    def check_value(name: str, value: Any) -> None:  # a value the config field accepts, named with the file
+        try:
+            RunConfig().replace(**{name: value})
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+    example = "e.g. 'dropout: {type: float, low: 0.2, high: 0.5}'"
+    raw = parse_config_text(text, source, "YAML", f"a search space must map config fields to ranges, {example}")
+    if not raw:
+        raise ConfigError(f"{source} must map config fields to ranges, {example}; it names none")
+    keys = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log")}
+    keys["int"] = keys["float"]
     parameters = []
     for name, spec in raw.items():
         if name not in field_names():
-            raise ConfigError(f"{source}: {name!r} is not a config field; valid: {', '.join(field_names())}")
+            close = difflib.get_close_matches(name, field_names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid: {', '.join(field_names())}"
+            raise ConfigError(f"{source}: {name!r} is not a config field{hint}")
         if not isinstance(spec, dict) or spec.get("type") not in PARAMETER_TYPES:
-            raise ConfigError(f"{source}: {name} needs type: one of {', '.join(PARAMETER_TYPES)}")
+            raise ConfigError(f"{source}: {name} needs type: one of {', '.join(PARAMETER_TYPES)}, {example}")
         kind = spec["type"]
+        a_kind = f"{'an' if kind == 'int' else 'a'} {kind} parameter"
+        for key in spec:
+            if key in keys[kind]:
+                continue
+            if key == "choices":
+                raise ConfigError(
+                    f"{source}: {name}: choices is for type categorical only; {a_kind} takes low, high, log"
+                )
+            if key in ("low", "high", "log"):
+                raise ConfigError(f"{source}: {name}: {key} is for types float and int only; {a_kind} takes choices")
+            known = ["type", "low", "high", "log", "choices"]
+            swapped = [k for k in known if sorted(k) == sorted(str(key))]  # letters swapped: 'lgo' is 'log'
+            close = swapped or difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: {name}: unknown key {key!r}{hint}; {a_kind} takes {', '.join(keys[kind])}")
         if kind == "categorical":
-            choices = tuple(spec.get("choices") or ())
-            if not choices:
-                raise ConfigError(f"{source}: {name} is categorical and needs a non-empty choices list")
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{source}: {name} is categorical and needs a non-empty choices list, e.g. [a, b]")
             for choice in choices:
-                RunConfig().replace(**{name: choice})  # each choice must be a valid value
-            parameters.append(Parameter(name, kind, choices=choices))
+                check_value(name, choice)  # each choice must be a valid value
+            parameters.append(Parameter(name, kind, choices=tuple(choices)))
             continue
         low, high = spec.get("low"), spec.get("high")
-        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
-            raise ConfigError(f"{source}: {name} needs numbers low < high (got low={low!r}, high={high!r})")
-        log = bool(spec.get("log", False))
+        number = int if kind == "int" else (int, float)
+        if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            what = "whole numbers" if kind == "int" else "numbers"
+            raise ConfigError(
+                f"{source}: {name} is {kind}, so it needs {what} low < high (got low={low!r}, high={high!r})"
+            )
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{source}: {name}: log must be true or false (got {log!r})")
+        if log and kind == "int" and low < 1:
+            raise ConfigError(f"{source}: {name} is log-scaled, so low must be 1 or more (got {low})")
         if log and low <= 0:
             raise ConfigError(f"{source}: {name} is log-scaled, so low must be above 0 (got {low})")
-        RunConfig().replace(**{name: int(low) if kind == "int" else float(low)})
-        RunConfig().replace(**{name: int(high) if kind == "int" else float(high)})
+        check_value(name, low if kind == "int" else float(low))
+        check_value(name, high if kind == "int" else float(high))
         parameters.append(Parameter(name, kind, float(low), float(high), log))
     return parameters
 
 
 def load_space(path: Path | None) -> list[Parameter]:
+    """The search space in the YAML file `path` (None: `DEFAULT_SPACE`)."""
     if path is None:
         return parse_space(DEFAULT_SPACE, "the default search space")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space file {path} does not exist")
-    return parse_space(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read search space file {path}: {error}") from error
+    return parse_space(text, str(path))
 
 
 def default_storage_url() -> str:
