@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 
 from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
 from plantlib.data.dataset import Normalization, resize_side
+from plantlib.data.names import as_text
 from plantlib.engine import export_onnx_graph
 from plantlib.errors import PlantlibError
 from plantlib.evaluate import interval, misclassified, with_ci
@@ -51,7 +54,7 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
         export_onnx_graph(wrapper, example, tmp, "probabilities")
         graph = onnx.load(tmp)
         metadata = {
-            "class_names": json.dumps(loaded.class_names),
+            "class_names": json_for_viewers(loaded.class_names),
             "image_size": str(loaded.image_size),
             "resize_side": str(resize_side(loaded.image_size)),
             "input": "uint8 RGB, N x 3 x H x W: shorter side resized (antialiased) to resize_side, centre crop",
@@ -63,6 +66,45 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
             entry.key, entry.value = key, value
         onnx.save(graph, tmp)
     return Path(path)
+
+
+def json_for_viewers(value: Any) -> str:
+    """JSON whose text holds no `<`, `>`, `&` or `'` (they are written as \\u escapes, which every JSON reader
+    decodes back): metadata a viewer shows or pastes into a page cannot become markup."""
+    text = json.dumps(value)  # ASCII only: anything else is already a \\u escape
+    for char in "<>&'":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
+_MARKDOWN_PUNCTUATION = "\\`*_[]|~"
+
+
+def _visible(value: Any) -> str:
+    """One line of printable text: undecodable bytes and control characters (a line break) as `\\xHH`."""
+    text = as_text(str(value))
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def md_text(value: Any) -> str:
+    """A name or path as literal Markdown text: HTML's special characters as entities and Markdown's punctuation
+    backslash-escaped, so whatever renders the card (MLflow's UI does) shows it and runs none of it."""
+    escaped = html.escape(_visible(value), quote=True)  # & < > " '
+    out = []
+    for i, char in enumerate(escaped):
+        inside_word = 0 < i < len(escaped) - 1 and escaped[i - 1].isalnum() and escaped[i + 1].isalnum()
+        plain = char not in _MARKDOWN_PUNCTUATION or (char == "_" and inside_word)  # snake_case never emphasises
+        out.append(char if plain else f"\\{char}")
+    return "".join(out)
+
+
+def md_code(value: Any) -> str:
+    """A name or path as a Markdown code span, fenced by more backticks than it holds in a row (a renderer shows
+    a code span's text as it is, markup included)."""
+    text = _visible(value)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _score(metrics: dict[str, Any], key: str, ci_key: str) -> str:
@@ -79,19 +121,20 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
     metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     config = loaded.config
     sizes = info.get("sizes", {})
+    classes = ", ".join(md_text(name) for name in loaded.class_names)
     lines = [
-        f"# Model card: {run_dir.name}",
+        f"# Model card: {md_text(run_dir.name)}",
         "",
         "## Model",
         f"- Backbone `{config.backbone}` ({str(info.get('weights', 'weights unknown')).split(' (')[0]}), "
         f"head `{config.head}`; "
         f"{info.get('parameters', {}).get('total', 0) / 1e6:.2f} M parameters.",
-        f"- Classes: {', '.join(loaded.class_names)}.",
+        f"- Classes: {classes}.",
         f"- Input: RGB images, shorter side resized to {resize_side(loaded.image_size)} px, centre crop "
         f"{loaded.image_size} px, uint8 N x 3 x H x W; output: class probabilities.",
         "",
         "## Data and split",
-        f"- Data: `{info.get('data_dir', config.data_dir)}`; split file `{info.get('split_file', '')}` "
+        f"- Data: {md_code(info.get('data_dir', config.data_dir))}; split file {md_code(info.get('split_file', ''))} "
         f"(seed {config.seed}): {sizes.get('train', '?')} train / {sizes.get('val', '?')} validation / "
         f"{sizes.get('test', '?')} test images; near-duplicates kept within one split.",
         "",
@@ -117,11 +160,14 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
     if wrong.empty:
         lines.append("- none on the test split")
     for row in wrong.head(failures).itertuples():
-        lines.append(f"- `{row.path}`: labelled {row.true}, predicted {row.predicted} (p={row.confidence:.2f})")
+        lines.append(
+            f"- {md_code(row.path)}: labelled {md_text(row.true)}, predicted {md_text(row.predicted)} "
+            f"(p={row.confidence:.2f})"
+        )
     lines += [
         "",
         "## Intended use",
-        f"- Sorting photos into {', '.join(loaded.class_names)} like those in the training data, as a research "
+        f"- Sorting photos into {classes} like those in the training data, as a research "
         "baseline. Not validated on other cameras, places or seasons: evaluate on your own labelled images "
         "first (`plantlib evaluate RUN --data-dir FOLDER`). Images of anything else still get one of these classes.",
         "",
@@ -133,22 +179,52 @@ def card_html(markdown_text: str, title: str) -> str:
     """A plain, dependency-free HTML rendering of the card (headings, bullets, code spans)."""
     body = []
     for line in markdown_text.splitlines():
-        escaped = html.escape(line)
-        parts = escaped.split("`")
-        escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
         if line.startswith("# "):
-            body.append(f"<h1>{escaped[2:]}</h1>")
+            body.append(f"<h1>{_inline_html(line[2:])}</h1>")
         elif line.startswith("## "):
-            body.append(f"<h2>{escaped[3:]}</h2>")
+            body.append(f"<h2>{_inline_html(line[3:])}</h2>")
         elif line.startswith("- "):
-            body.append(f"<li>{escaped[2:]}</li>")
+            body.append(f"<li>{_inline_html(line[2:])}</li>")
         elif line.strip():
-            body.append(f"<p>{escaped}</p>")
+            body.append(f"<p>{_inline_html(line)}</p>")
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.4}"
         "code{background:#f3f3f3}</style></head><body>" + "\n".join(body) + "</body></html>\n"
     )
+
+
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+def _inline_html(markdown: str) -> str:
+    """One line of the card's Markdown as HTML, read the way CommonMark reads it: code spans (any fence length)
+    shown as text, backslash escapes as the character, entities kept; every other character escaped."""
+    out, i = [], 0
+    while i < len(markdown):
+        char = markdown[i]
+        if char == "\\" and i + 1 < len(markdown) and markdown[i + 1] in string.punctuation:
+            out.append(html.escape(markdown[i + 1]))
+            i += 2
+        elif char == "&" and (entity := _ENTITY.match(markdown, i)):
+            out.append(entity.group())
+            i = entity.end()
+        elif char == "`":
+            fence = re.match("`+", markdown[i:]).group()
+            close = re.compile(f"(?<!`){fence}(?!`)").search(markdown, i + len(fence))
+            if close is None:
+                out.append(fence)
+                i += len(fence)
+                continue
+            code = markdown[i + len(fence) : close.start()]
+            if len(code) > 1 and code[0] == code[-1] == " " and code.strip():
+                code = code[1:-1]
+            out.append(f"<code>{html.escape(code)}</code>")
+            i = close.end()
+        else:
+            out.append(html.escape(char))
+            i += 1
+    return "".join(out)
 
 
 def export_run(run: Path, export_format: str = "onnx", out_dir: Path | None = None) -> list[Path]:

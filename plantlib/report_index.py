@@ -25,6 +25,7 @@ from typing import Any
 
 from plantlib.errors import PlantlibError
 from plantlib.io import atomic_path, write_json, write_text
+from plantlib.processes import process_is_alive, process_start
 
 RECORD_FILE = "report.json"  # in each invocation's folder: its status and its notebooks'
 REPORTS_FILE = "reports.json"  # beside index.html: every invocation, newest first, and which one is published
@@ -60,6 +61,7 @@ class Invocation:
     finished: str = ""
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
+    pid_started: str | None = field(default_factory=lambda: process_start(os.getpid()))  # tells a reused pid
 
     @property
     def root(self) -> Path:
@@ -199,15 +201,8 @@ def read_invocations(root: Path) -> list[dict[str, Any]]:
 
 def _still_running(record: dict[str, Any]) -> bool:
     """Whether the process that wrote `record` is alive (assumed so when it ran on another machine)."""
-    if record.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(record.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
+    owner = {"pid": record.get("pid"), "host": record.get("host"), "started": record.get("pid_started")}
+    return process_is_alive(owner)
 
 
 def _write_index_files(root: Path, latest: str | None) -> Path:

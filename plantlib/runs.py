@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from plantlib.checkpoint import BEST_CHECKPOINT
 from plantlib.errors import PlantlibError
 from plantlib.io import read_json, write_json
 from plantlib.paths import artifacts_dir
+from plantlib.processes import process_is_alive
 
 RUN_FILE = "run.json"
 CV_FILE = "cv.json"  # marks a cross-validation directory (plantlib.experiments.cv writes it)
@@ -53,7 +52,7 @@ def new_run_dir(backbone: str, output_dir: str | Path | None = None) -> Path:
 
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     """`run.json`: status (running / interrupted / finished), timings and headline metrics; while running, also
-    the process that runs it (`this_process()`), so a reader can tell a run that died without a word."""
+    the process that runs it (`processes.this_process()`), so a reader can tell a run that died without a word."""
     write_json(Path(run_dir) / RUN_FILE, info)
 
 
@@ -71,51 +70,6 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def run_status(run_dir: Path) -> str:
     """A run's status as `read_run_info` reads it ("running", "finished", "interrupted", ...; "" before it started)."""
     return str(read_run_info(run_dir).get("status", ""))
-
-
-def process_start(pid: int) -> str | None:
-    """An opaque start time of process `pid` (None when it is gone or cannot be read): with the pid it names one
-    process, since a pid is reused once its process has ended. A zombie (ended, not yet reaped) counts as gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
-        return None if fields[0] == "Z" else f"ticks:{fields[19]}"  # state, and starttime in ticks since boot
-    except (OSError, IndexError, UnicodeDecodeError):
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    try:
-        process = psutil.Process(pid)
-        return None if process.status() == psutil.STATUS_ZOMBIE else f"created:{process.create_time():.3f}"
-    except psutil.Error:
-        return None
-
-
-def this_process() -> dict[str, Any]:
-    """Who is writing: pid, host and start time, for `process_is_alive` to check later."""
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "started": process_start(pid)}
-
-
-def process_is_alive(process: dict[str, Any] | None) -> bool:
-    """Whether the process `this_process()` described is still running. Assumed so when that cannot be told:
-    no record (an older run.json), another machine, or no way to read start times here."""
-    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
-        return True
-    pid = process.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        pass  # it exists (owned by another user)
-    started = process.get("started")
-    if started is None:
-        return True
-    return process_start(pid) == started
 
 
 def list_runs(output_dir: str | Path | None = None) -> list[Path]:

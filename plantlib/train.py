@@ -39,7 +39,8 @@ from plantlib.io import write_json
 from plantlib.loop import loss_and_accuracy, set_training_mode, split_logits, train_one_epoch
 from plantlib.models import normalization_for, set_backbone_trainable
 from plantlib.optim import EarlyStopping, Optimization, build_optimization, steps_per_epoch_scheduler
-from plantlib.runs import read_run_info, this_process, write_run_info
+from plantlib.processes import this_process
+from plantlib.runs import read_run_info, write_run_info
 from plantlib.runtime import autocast_dtype, epoch_seed, keep_freed_memory, loader_workers, seed_everything
 
 

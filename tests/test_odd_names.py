@@ -1,5 +1,7 @@
-"""Names that are not UTF-8 (or look like escapes) work from scan to predict, and CSVs round-trip them."""
+"""Names that are not UTF-8 (or look like escapes) work from scan to predict, and CSVs round-trip them; names that
+look like markup stay text in the model card and the ONNX metadata."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,10 +13,11 @@ import pytest
 from plantlib.data.names import as_text, file_in, from_text
 from plantlib.data.split import load_split, save_split
 from plantlib.evaluate import save_evaluation
-from tests.conftest import write_dataset
+from tests.conftest import tiny_config, write_dataset
 
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "48", "--batch-size", "4", "--epochs", "1"]
 TINY += ["--val-fraction", "0.25", "--test-fraction", "0.25"]
+MARKUP = "<img src=x onerror=alert(1)>"  # a class folder name that is live HTML wherever it is pasted raw
 
 
 def name(raw: bytes) -> str:
@@ -102,3 +105,28 @@ def test_metrics_are_never_left_without_their_predictions(tmp_path: Path, monkey
     with pytest.raises(UnicodeEncodeError):
         save_evaluation(tmp_path, {"accuracy": 1.0}, frame)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_class_names_that_look_like_markup_stay_text_in_the_model_card_and_onnx_metadata(tmp_path: Path) -> None:
+    import onnx
+
+    from plantlib.export import export_run
+    from plantlib.train import Trainer
+
+    mistune = pytest.importorskip("mistune")  # a Markdown renderer that passes raw HTML through, like MLflow's UI
+    data = write_dataset(tmp_path / name(b"d\xe9ta`<b>x"), {"ant": 8, "bee": 8})
+    os.rename(data / "ant", data / MARKUP)
+    os.rename(data / "bee", data / "b|e`e")
+    config = tiny_config(data, tmp_path / "runs", backbone="resnet18", pretrained=False, image_size=48, epochs=1)
+    run_dir = Trainer(config.replace(batch_size=4), show_progress=False).fit().run_dir
+    model_file, card_file, page_file = export_run(run_dir)
+
+    card = card_file.read_text(encoding="utf-8")
+    assert "<" not in card.replace("<b>x", "")  # the data folder's name is shown inside a code span only
+    assert "- Classes: &lt;img src=x onerror=alert(1)&gt;, b\\|e\\`e." in card
+    for page in (mistune.html(card), page_file.read_text(encoding="utf-8")):
+        assert "<img" not in page and "<b>" not in page
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&amp;lt;" not in page  # shown, escaped once
+        assert "b|e`e" in page
+    metadata = {p.key: p.value for p in onnx.load(str(model_file)).metadata_props}
+    assert "<" not in metadata["class_names"] and json.loads(metadata["class_names"]) == [MARKUP, "b|e`e"]

@@ -2,7 +2,11 @@
 
 import errno
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,7 +16,8 @@ import torch
 import plantlib.train as train_module
 from plantlib import cli
 from plantlib.checkpoint import load_checkpoint
-from plantlib.runs import read_run_info
+from plantlib.processes import this_process
+from plantlib.runs import read_run_info, run_status
 from plantlib.train import Trainer
 from tests.conftest import tiny_config, write_dataset
 
@@ -111,3 +116,48 @@ def test_a_short_write_with_room_to_spare_is_not_called_a_full_disk(
     with pytest.raises(RuntimeError, match="unexpected pos"):
         trainer.fit()
     assert read_run_info(trainer.run_dir)["status"] == "failed"
+
+
+def test_resume_without_last_pt_names_the_epoch_best_pt_holds(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    seen = []
+
+    def interrupt_after_epoch_1(trainer: Trainer, record: dict) -> None:
+        seen.append(read_run_info(trainer.run_dir))
+        raise KeyboardInterrupt
+
+    config = tiny_config(data_dir, tmp_path, backbone="resnet18", pretrained=False, image_size=48, batch_size=4)
+    trainer = Trainer(config.replace(epochs=2), callbacks=[interrupt_after_epoch_1], show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert seen[0]["status"] == "running" and seen[0]["process"] == this_process()  # who runs it, while it runs
+    assert "process" not in read_run_info(trainer.run_dir)
+    (trainer.run_dir / "last.pt").unlink()
+    capsys.readouterr()
+    Trainer.resume(trainer.run_dir, show_progress=False)
+    printed = capsys.readouterr().out
+    assert "last.pt is missing; best.pt holds epoch 1, but weights only (resuming needs last.pt" in printed
+    assert "training from epoch 1" in printed and "no epoch was saved yet" not in printed
+
+
+def test_a_running_run_whose_process_is_gone_reads_as_interrupted(tmp_path: Path) -> None:
+    code = "import json; from plantlib.processes import this_process; print(json.dumps(this_process()))"
+    ended = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    me = this_process()
+    owners = {
+        "ended": (ended, "interrupted"),  # exited (and reaped) before anyone reads its run.json
+        "reused": ({**me, "started": f"{me['started']}0"}, "interrupted"),  # the pid now names another process
+        "alive": (me, "running"),
+        "elsewhere": ({**me, "host": socket.gethostname() + "-other"}, "running"),  # cannot tell: assumed alive
+        "unrecorded": (None, "running"),  # a run.json from before processes were recorded
+    }
+    assert ended["pid"] != os.getpid() and ended["started"] is not None
+    for name, (owner, expected) in owners.items():
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        info = {"status": "running", **({"process": owner} if owner else {})}
+        (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
+        assert run_status(run_dir) == expected, name
+        assert read_run_info(run_dir)["status"] == expected, name
+        assert json.loads((run_dir / "run.json").read_text(encoding="utf-8")) == info  # the file is left alone

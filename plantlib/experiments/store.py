@@ -34,7 +34,7 @@ from plantlib.experiments.tracking import (
     test_metrics,
 )
 from plantlib.io import write_json
-from plantlib.runs import read_run_info, write_run_info
+from plantlib.runs import RUN_FILE, read_run_info, run_status, write_run_info
 
 TABLE_PARAMS = ("learning_rate", "batch_size", "image_size", "frozen_blocks", "epochs")
 _FINAL_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}
@@ -213,11 +213,19 @@ def runs_table(
                 "n": _int_or_none(metrics.get(f"{scope}_n")),
                 "scored_on": scope if accuracy is not None else "",
                 "train_seconds": metrics.get("train_seconds"),
-                "status": run.info.status,
+                "status": _status(run.info.status, tags.get("run_dir")),
                 "run_id": run.info.run_id,
             }
         )
     return pd.DataFrame(rows)
+
+
+def _status(status: str, run_dir: str | None) -> str:
+    """MLflow's status, except that a RUNNING run whose run directory here says its process is gone is KILLED
+    (what `plantlib track` records for it)."""
+    if status != "RUNNING" or not run_dir or not (Path(run_dir) / RUN_FILE).is_file():
+        return status
+    return _FINAL_STATUS["interrupted"] if run_status(Path(run_dir)) == "interrupted" else status
 
 
 def _int_or_none(value: float | None) -> int | None:
