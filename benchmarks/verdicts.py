@@ -15,9 +15,9 @@ Real part: A/A pairs and an A/B pair of cross-validations on the built-in data, 
 (`--aa A B` repeated, `--ab A B`) or trained here (`--train`: default recipe, lite0, 5 folds, training seeds 1–6
 on fold seed 42, and one 1-epoch CV; about 35 minutes on 2 cores).
 
-    python -m benchmarks.verdicts [--simulations 1000] [--aa CV CV]... [--ab CV CV] [--train]
+    python -m benchmarks.verdicts [--simulations 1000] [--aa CV CV]... [--ab CV CV] [--same-recipe CV...] [--train]
 
-Writes artifacts/bench/verdicts.md (the tables the README quotes).
+Writes artifacts/bench/verdicts.md (verdicts-real.md with --skip-simulation): the tables the README quotes.
 """
 
 from __future__ import annotations
@@ -173,6 +173,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def same_recipe_rows(cv_dirs: Sequence[Path]) -> list[dict]:
+    """Every pair of cross-validations of one recipe (other training seeds, same folds): how many pairs the rule
+    calls different when each pair is compared alone, and when all are compared together (Holm over all pairs)."""
+    pairs = list(itertools.combinations(cv_dirs, 2))
+    alone = sum(compare_paths([a, b]).pairs.iloc[0]["verdict"] != NOT_DISTINGUISHABLE for a, b in pairs)
+    together = compare_paths(list(cv_dirs)).pairs
+    low, high = proportion_ci(int(alone), len(pairs))
+    claimed = int((together["verdict"] != NOT_DISTINGUISHABLE).sum())
+    return [
+        {
+            "same recipe, CVs": len(cv_dirs),
+            "pairs": len(pairs),
+            "called different, each pair alone": f"{alone} ({alone / len(pairs):.3f}, {low:.3f}–{high:.3f})",
+            "called different, all compared together (Holm)": claimed,
+            "smallest p": f"{together['p_value'].min():.3f}",
+        }
+    ]
+
+
 def _with_ci(score: pd.Series) -> str:
     return f"{score['accuracy']:.3f} ({score['accuracy_ci_low']:.3f}–{score['accuracy_ci_high']:.3f}), {score['n']}"
 
@@ -182,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--simulations", type=int, default=1000, help="A/A pairs simulated (default: 1000)")
     parser.add_argument("--aa", nargs=2, action="append", type=Path, metavar="CV_DIR", default=[])
     parser.add_argument("--ab", nargs=2, type=Path, metavar="CV_DIR")
+    parser.add_argument(
+        "--same-recipe", nargs="+", type=Path, metavar="CV_DIR", default=[], help="CVs of one recipe: every pair"
+    )
     parser.add_argument("--train", action="store_true", help="train the real A/A and A/B cross-validations here")
     parser.add_argument("--skip-simulation", action="store_true")
     args = parser.parse_args(argv)
@@ -192,13 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     aa, ab = [tuple(pair) for pair in args.aa], tuple(args.ab) if args.ab else None
     if args.train:
         aa, ab = train_real(BENCH_DIR / "verdicts")
+        args.same_recipe = sorted({path for pair in aa for path in pair})
     if aa or ab:
         real = pd.DataFrame(real_rows(aa, "A/A") + (real_rows([ab], "A/B") if ab else []))
         lines += ["## Real cross-validations (built-in data, 5 folds)", "", markdown_table(real), ""]
+    if args.same_recipe:
+        table = pd.DataFrame(same_recipe_rows(args.same_recipe))
+        lines += ["## Every pair of one recipe's cross-validations (built-in data)", "", markdown_table(table), ""]
     text = "\n".join(lines)
     print(text)
-    write_text(BENCH_DIR / "verdicts.md", text)
-    print(f"written: {BENCH_DIR / 'verdicts.md'}")
+    target = BENCH_DIR / ("verdicts-real.md" if args.skip_simulation else "verdicts.md")
+    write_text(target, text)
+    print(f"written: {target}")
     return 0
 
 
