@@ -6,6 +6,7 @@ User mistakes (a `PlantlibError`) print one line on stderr and exit with status 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import typing
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plantlib.children import Stopped
 from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names, parse_config_text, read_config_file
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.paths import use_project_tool_caches
@@ -131,15 +133,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
+    from plantlib.experiments.store import serve_ui
 
-    from plantlib.experiments.store import ui_command
-
-    command = ui_command(args.port, args.tracking_uri)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
-    return subprocess.run(command, env=env, check=False).returncode
+    return serve_ui(args.port, args.tracking_uri)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -676,3 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"plantlib {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stop:  # SIGTERM or SIGHUP while a child process ran; the child has been ended
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"plantlib {args.command}: stopped by {stop.name}", file=sys.stderr)
+        return 128 + stop.signum

@@ -12,10 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from plantlib.children import owned_process_group
 from plantlib.config import RunConfig
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.runs import new_run_dir
 from plantlib.train import TrainingResult, result_from_run_dir
+
+TORCHRUN_GRACE_S = 15.0  # torchrun passes a stop signal on to its workers and waits for them
 
 
 def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
@@ -40,18 +43,16 @@ def relay(command: Sequence[str], env: dict[str, str]) -> int:
     """Run `command`, relaying its output line by line through this process's stdout; its exit status.
 
     Relaying (instead of inheriting the file descriptor) makes the output appear in a notebook cell and in
-    papermill's executed notebook too.
+    papermill's executed notebook too. The command runs in its own process group, ended (torchrun's workers
+    too) when this process is interrupted or stopped; on Ctrl-C torchrun gets SIGINT, as from a terminal.
     """
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with owned_process_group(
+        command, grace_s=TORCHRUN_GRACE_S, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
         assert process.stdout is not None
         for line in process.stdout:
             print(line, end="", flush=True)
         return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
-        raise
 
 
 def run_torchrun(run_dir: Path, nproc: int) -> Path:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from plantlib.children import stop_signals_raise
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.frontend import KERNEL_NAME, kernel_runs_this_interpreter
 from plantlib.io import write_text
@@ -233,7 +234,8 @@ def run_reports(
     invocation = start_invocation(root, chosen, parameters or {})
     print(f"report folder: {invocation.folder}", flush=True)
     try:
-        _run_in_order(invocation, plan, echo, no_input)
+        with stop_signals_raise():  # SIGTERM, SIGHUP: leave through papermill's cleanup, which ends the kernel
+            _run_in_order(invocation, plan, echo, no_input)
     except BaseException:
         invocation.interrupted()
         raise

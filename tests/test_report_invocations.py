@@ -1,4 +1,5 @@
-"""`plantlib report` invocations keep to themselves: concurrent reports, bad parameters, Ctrl-C, dead processes."""
+"""`plantlib report` invocations keep to themselves: concurrent reports, bad parameters, Ctrl-C, SIGTERM, dead
+processes."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from plantlib import reports
 from plantlib.errors import ConfigError
 from plantlib.report_index import RECORD_FILE, REPORTS_FILE, read_invocations, write_index
 from tests.conftest import write_dataset
+from tests.helpers.process_tree import HAS_PROC, descendants, group_members, kill_all, process_group, survivors
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,29 @@ def test_a_report_whose_process_died_is_listed_as_interrupted(tmp_path: Path) ->
     assert [r["status"] for r in record_view["notebooks"]] == ["ok", "interrupted", "not run"]
     page = write_index(tmp_path).read_text()
     assert "seed=3" in page and page.count('<tr class="interrupted">') == 1 and "No report has run to its end" in page
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="reads the process tree from /proc (Linux)")
+def test_a_report_stopped_by_sigterm_ends_its_kernel_and_records_the_interruption(images: Path, tmp_path: Path) -> None:
+    slow = ["-p", f"data_dir={images}", "-p", "image_size=64", "-p", "samples_per_class=2", "-p", "epochs=300"]
+    report = start_report(tmp_path, *slow, "--only", "02_train")
+    lines: list[str] = []
+    family: dict[int, str] = {}
+    try:
+        wait_for(report, lines, "epoch 1/300")
+        family = descendants(report.pid)
+        kernels = [pid for pid in family if process_group(pid) == pid]  # each kernel leads a process group
+        assert kernels, family
+        report.send_signal(signal.SIGTERM)  # the report's process alone, as a process manager stops it
+        rest, _ = report.communicate(timeout=120)
+    finally:
+        if report.poll() is None:
+            report.kill()
+            report.wait()
+        kill_all(family)
+    assert report.returncode == 143, "".join(lines) + rest
+    assert rest.rstrip().endswith("plantlib report: stopped by SIGTERM")
+    assert survivors(family) == [] and all(group_members(kernel) == [] for kernel in kernels)
+    (record_file,) = (tmp_path / "artifacts" / "reports").glob(f"*/{RECORD_FILE}")
+    record = json.loads(record_file.read_text())  # as written by the report, not inferred from its dead process
+    assert record["status"] == "interrupted" and record["notebooks"][0]["status"] == "interrupted"

@@ -6,16 +6,23 @@ reached (embedded SQLite by default, a server when pointed at one).
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
+import os
+import socket
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
+from plantlib.children import owned_process_group
 from plantlib.config import RunConfig
-from plantlib.errors import PlantlibError
+from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.tracking import (
     RUN_FILES,
     TRACKING_FILE,
@@ -38,6 +45,8 @@ from plantlib.runs import RUN_FILE, read_run_info, run_status, write_run_info
 
 TABLE_PARAMS = ("learning_rate", "batch_size", "image_size", "frozen_blocks", "epochs")
 _FINAL_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}
+UI_HOST = "127.0.0.1"
+UI_READY_TIMEOUT_S = 300.0  # the server's start-up takes 5-20 s on a laptop
 
 
 def _run_dir_of(path: Path) -> Path:
@@ -237,10 +246,71 @@ def ui_command(port: int, tracking_uri: str | None = None) -> list[str]:
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise PlantlibError(f"the tracking store is the server {uri}: open it in a browser instead of plantlib ui")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", UI_HOST]
     command += ["--port", str(port), "--workers", "1"]
     root = artifact_root_for(uri)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
         command += ["--default-artifact-root", root.as_uri()]
     return command
+
+
+def serve_ui(port: int, tracking_uri: str | None = None) -> int:
+    """Serve the MLflow UI on 127.0.0.1:`port` until the server ends or this process is stopped; its exit status.
+
+    A taken port, or a server that ends before it answers, is a one-line error. The server (with its uvicorn and
+    job workers) runs in its own process group, ended with this process (SIGINT, SIGTERM or SIGHUP).
+    """
+    command = ui_command(port, tracking_uri)
+    check_port_free(UI_HOST, port)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    with owned_process_group(command, env=env) as server:
+        _wait_until_serving(server, port)
+        print(f"MLflow UI on http://{UI_HOST}:{port} (Ctrl-C stops it)", flush=True)
+        return server.wait()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise naming the port and `--port` when something listens on `host`:`port` (or it cannot be bound).
+
+    The port is bound without SO_REUSEADDR, which also refuses a port shared with a wildcard listener (macOS
+    lets that bind pass with SO_REUSEADDR); a refusal only from connections still closing on the port (nothing
+    accepts a connection there) is not counted, since the server binds with SO_REUSEADDR.
+    """
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port} is not allowed; choose one from 1 to 65535 with --port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                reason = f"port {port} on {host} cannot be used ({error.strerror})"
+                raise PlantlibError(f"{reason}; choose another with --port") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((host, port)) != 0:
+            return
+    raise PlantlibError(f"port {port} on {host} is taken (another plantlib ui or program?); choose another with --port")
+
+
+def _wait_until_serving(server: Any, port: int, timeout_s: float = UI_READY_TIMEOUT_S) -> None:
+    """Return once the server answers its health check; raise if it ends first or does not answer in time."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = server.poll()
+        if status is not None:
+            raise PlantlibError(
+                f"the MLflow server ended (exit status {status}) before it served port {port}; its output is above"
+            )
+        try:
+            with opener.open(f"http://{UI_HOST}:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.25)
+    raise PlantlibError(
+        f"the MLflow server did not answer on port {port} within {timeout_s:.0f} s; its output is above"
+    )
