@@ -96,6 +96,9 @@ def owned_process_group(
                     stream.close()
 
 
+_KILLED_EXIT_S = 5.0
+
+
 def end_process_group(process: subprocess.Popen, grace_s: float = GRACE_S, first_signal: int = signal.SIGTERM) -> None:
     """End `process`, the leader of its own group, with its group and all its descendants, and reap it.
 
@@ -116,6 +119,9 @@ def end_process_group(process: subprocess.Popen, grace_s: float = GRACE_S, first
             break
         time.sleep(0.05)
     process.wait()
+    settled = time.monotonic() + _KILLED_EXIT_S  # a killed process takes a moment to leave the process table
+    while _alive(process, group, strays) and time.monotonic() < settled:
+        time.sleep(0.05)
 
 
 def group_members(group: int) -> list[int]:

@@ -13,7 +13,6 @@ import os
 import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +295,6 @@ def check_port_free(host: str, port: int) -> None:
 
 def _wait_until_serving(server: Any, port: int, timeout_s: float = UI_READY_TIMEOUT_S) -> None:
     """Return once the server answers its health check; raise if it ends first or does not answer in time."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = server.poll()
@@ -304,12 +302,15 @@ def _wait_until_serving(server: Any, port: int, timeout_s: float = UI_READY_TIME
             raise PlantlibError(
                 f"the MLflow server ended (exit status {status}) before it served port {port}; its output is above"
             )
+        connection = http.client.HTTPConnection(UI_HOST, port, timeout=2)  # loopback: never through a proxy
         try:
-            with opener.open(f"http://{UI_HOST}:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return
         except (OSError, http.client.HTTPException):
             pass
+        finally:
+            connection.close()
         time.sleep(0.25)
     raise PlantlibError(
         f"the MLflow server did not answer on port {port} within {timeout_s:.0f} s; its output is above"
