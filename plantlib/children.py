@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from plantlib.processes import process_start
+from plantlib.processes import process_start, stat_fields
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
 GRACE_S = 5.0  # from SIGTERM to SIGKILL
@@ -177,11 +177,8 @@ def _process_table() -> dict[int, tuple[int, int, str]]:
     if not Path("/proc/self/stat").is_file():
         return table
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text(encoding="ascii").rpartition(")")[2].split()
-        except (OSError, UnicodeDecodeError):
+        fields = stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields is None:
             continue
         table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
     return table

@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first, then parent pid, process group, …;
+    start time at index 19), or None where the process is gone or there is no /proc (Linux only)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def process_start(pid: int) -> str | None:
     """An opaque start time of process `pid` (None when it is gone or cannot be read): with the pid it names one
     process, since a pid is reused once its process has ended. A zombie (ended, not yet reaped) counts as gone."""
     if Path("/proc/self/stat").is_file():  # Linux: the kernel's start time in clock ticks since boot
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
-        except (OSError, UnicodeDecodeError):
+        fields = stat_fields(pid)
+        if fields is None:
             return None
         return None if len(fields) < 20 or fields[0] == "Z" else f"ticks:{fields[19]}"  # state, starttime
     try:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from plantlib.errors import PlantlibError
-from plantlib.evaluate import class_columns, compute_metrics
+from plantlib.evaluate import arrays_from_predictions, class_columns, compute_metrics
 from plantlib.experiments.cv import OOF_FILE, pooled_metrics
 from plantlib.experiments.stats import (
     ALPHA,
@@ -130,8 +130,8 @@ def _same_images(items: Sequence[Evaluated]) -> list[str]:
 _CV_SETTINGS = {"folds": "--folds", "repeats": "--repeats (or --seeds)", "include_test": "--include-test"}
 
 
-def check_comparable(items: Sequence[Evaluated]) -> None:
-    """Refuse, in one line naming the mismatch, configurations that were not evaluated alike."""
+def check_comparable(items: Sequence[Evaluated]) -> list[str]:
+    """Refuse, in one line naming the mismatch, configurations that were not evaluated alike; their images."""
     if len(items) < 2:
         raise PlantlibError("compare needs two or more configurations")
     kinds = {item.name: item.cv is not None for item in items}
@@ -151,7 +151,7 @@ def check_comparable(items: Sequence[Evaluated]) -> None:
                         f"{first.name} has {key}={mine} and {other.name} has {key}={theirs}; "
                         f"rerun one with the same {flag} so both are evaluated on the same folds"
                     )
-    _same_images(items)
+    paths = _same_images(items)
     if first.cv is not None:
         reference = _fold_keys(first)
         for other in items[1:]:
@@ -160,6 +160,7 @@ def check_comparable(items: Sequence[Evaluated]) -> None:
                     f"{first.name} and {other.name} hold out different images in some fold; "
                     "rerun one with the same --split-seed, --folds and --repeats"
                 )
+    return paths
 
 
 def _cv_setting(item: Evaluated, key: str) -> Any:
@@ -205,8 +206,7 @@ def summary_table(items: Sequence[Evaluated]) -> pd.DataFrame:
         if item.cv is not None:
             metrics = pooled_metrics(item.predictions, classes)
         else:
-            y_true = item.predictions["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-            metrics = compute_metrics(y_true, item.predictions[[f"p_{c}" for c in classes]].to_numpy(), classes)
+            metrics = compute_metrics(*arrays_from_predictions(item.predictions, classes), classes)
         ci = metrics["ci95"]
         rows.append(
             {
@@ -225,8 +225,7 @@ def summary_table(items: Sequence[Evaluated]) -> pd.DataFrame:
 
 def pairwise_table(items: Sequence[Evaluated], alpha: float = ALPHA) -> pd.DataFrame:
     """Every pair under the verdict rule: difference A − B, its Holm-level interval, raw and Holm p, verdict."""
-    check_comparable(items)
-    paths = _same_images(items)
+    paths = check_comparable(items)
     rows = []
     for a, b in itertools.combinations(items, 2):
         if a.cv is not None:

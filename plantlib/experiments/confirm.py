@@ -75,7 +75,6 @@ def confirm_best(
         cross_validate(
             config.replace(**pinned, tracking_parent=None),
             folds=folds,
-            repeats=len(seeds),
             seeds=seeds,
             show_progress=show_progress,
         ).cv_dir

@@ -28,7 +28,7 @@ from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import EXCLUDED, save_split
 from plantlib.errors import ConfigError
-from plantlib.evaluate import compute_metrics, predictions_frame
+from plantlib.evaluate import arrays_from_predictions, compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import atomic_write, write_json
 from plantlib.paths import artifacts_dir
@@ -291,8 +291,7 @@ def pooled_metrics(oof: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     per_repeat = []
     for repeat in repeats:
         part = oof[oof["repeat"] == repeat] if "repeat" in oof.columns else oof
-        y_true = part["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        per_repeat.append(compute_metrics(y_true, part[[f"p_{c}" for c in classes]].to_numpy(), classes))
+        per_repeat.append(compute_metrics(*arrays_from_predictions(part, classes), classes))
     if len(per_repeat) == 1:
         return per_repeat[0]
     return _average_metrics(per_repeat)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from plantlib.evaluate import proportion_ci
+
 ALPHA = 0.05
 NOT_DISTINGUISHABLE = "not distinguishable at 95%"
 RULE = (
@@ -84,8 +86,8 @@ def mcnemar_test(only_a_right: int, only_b_right: int, n: int) -> PairTest:
     def interval(confidence: float) -> tuple[float, float]:
         if discordant == 0:
             return 0.0, 0.0
-        share = stats.binomtest(b, discordant).proportion_ci(confidence_level=confidence, method="exact")
-        return discordant / n * (2 * share.low - 1), discordant / n * (2 * share.high - 1)
+        low, high = proportion_ci(b, discordant, confidence)
+        return discordant / n * (2 * low - 1), discordant / n * (2 * high - 1)
 
     return PairTest((b - c) / n, p_value, "McNemar exact", n, interval)
 

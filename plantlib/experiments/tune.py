@@ -23,13 +23,10 @@ import numpy as np
 import optuna
 
 from plantlib.checkpoint import drop_resume_state
-from plantlib.config import RunConfig, field_names
+from plantlib.config import RunConfig, field_names, parse_config_text, read_config_file
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.cv import cross_validate
-from plantlib.experiments.tracking import (
-    ParentRun,
-    tracking_callbacks,
-)
+from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
 from plantlib.train import Callback, StopTraining, Trainer, TrainingResult
@@ -67,15 +64,22 @@ class Parameter:
         return trial.suggest_categorical(self.name, list(self.choices))
 
 
+SPACE_EXAMPLE = "e.g. 'dropout: {type: float, low: 0.2, high: 0.5}'"
+SPACE_SHAPE = f"a search space must map config fields to ranges, {SPACE_EXAMPLE}"
+
+
 def parse_space(text: str, source: str = "search space") -> list[Parameter]:
-    """Parameters from YAML `name: {type: float|int|categorical, low, high, log, choices}`, checked as config.
+    """Parameters from YAML `name: {type: float|int|categorical, low, high, log, choices}`, checked as config."""
+    return space_parameters(parse_config_text(text, source, "YAML", SPACE_SHAPE), source)
+
+
+def space_parameters(raw: dict[str, Any], source: str) -> list[Parameter]:
+    """The parameters a search-space mapping names, checked as config fields.
 
     Every message names `source` (the file). Keys are checked per type: `choices` belongs to categorical only,
     `low`, `high` and `log` to float and int only, and an int parameter needs whole-number bounds.
     """
     import difflib
-
-    from plantlib.config import parse_config_text
 
     def check_value(name: str, value: Any) -> None:  # a value the config field accepts, named with the file
         try:
@@ -83,8 +87,7 @@ def parse_space(text: str, source: str = "search space") -> list[Parameter]:
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
 
-    example = "e.g. 'dropout: {type: float, low: 0.2, high: 0.5}'"
-    raw = parse_config_text(text, source, "YAML", f"a search space must map config fields to ranges, {example}")
+    example = SPACE_EXAMPLE
     if not raw:
         raise ConfigError(f"{source} must map config fields to ranges, {example}; it names none")
     keys = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log")}
@@ -145,14 +148,7 @@ def load_space(path: Path | None) -> list[Parameter]:
     """The search space in the YAML file `path` (None: `DEFAULT_SPACE`)."""
     if path is None:
         return parse_space(DEFAULT_SPACE, "the default search space")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read search space file {path}: {error}") from error
-    return parse_space(text, str(path))
+    return space_parameters(read_config_file(path, "YAML", SPACE_SHAPE, "search space file"), str(path))
 
 
 def default_storage_url() -> str:
