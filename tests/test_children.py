@@ -19,7 +19,15 @@ import requests
 
 from plantlib.children import owned_process_group
 from tests.conftest import run_cli
-from tests.helpers.process_tree import HAS_PROC, descendants, group_members, kill_all, process_group, survivors
+from tests.helpers.process_tree import (
+    HAS_PROC,
+    descendants,
+    group_members,
+    kill_all,
+    process_group,
+    process_groups,
+    survivors,
+)
 
 pytestmark = pytest.mark.skipif(not HAS_PROC, reason="reads the process tree from /proc (Linux)")
 
@@ -80,7 +88,7 @@ def test_stopping_plantlib_ui_ends_its_server_and_frees_the_port(signum: signal.
     try:
         wait_until_serving(ui, port, output)
         family = descendants(ui.pid)  # mlflow server, uvicorn, the job runner and its huey consumers
-        groups = {process_group(pid) for pid in family}
+        groups = set(process_groups(family).values())
         assert len(family) >= 2 and process_group(ui.pid) not in groups, "the server has a process group of its own"
 
         began = time.monotonic()
@@ -153,7 +161,7 @@ def test_stopping_a_torchrun_launcher_ends_torchrun_and_its_workers(signum: sign
     try:
         assert launcher.stdout.readline() == "ready\n"
         family = descendants(launcher.pid)
-        assert len(family) == 3 and process_group(launcher.pid) not in {process_group(pid) for pid in family}
+        assert len(family) == 3 and process_group(launcher.pid) not in set(process_groups(family).values())
         os.kill(launcher.pid, signum)
         launcher.communicate(timeout=60)
         # Stopped exits with 128 + signum; an uncaught KeyboardInterrupt ends Python by SIGINT, as it should

@@ -17,7 +17,7 @@ from plantlib import reports
 from plantlib.errors import ConfigError
 from plantlib.report_index import RECORD_FILE, REPORTS_FILE, read_invocations, write_index
 from tests.conftest import write_dataset
-from tests.helpers.process_tree import HAS_PROC, descendants, group_members, kill_all, process_group, survivors
+from tests.helpers.process_tree import HAS_PROC, descendants, group_members, kill_all, process_groups, survivors
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,8 @@ def test_a_report_stopped_by_sigterm_ends_its_kernel_and_records_the_interruptio
     try:
         wait_for(report, lines, "epoch 1/300")
         family = descendants(report.pid)
-        kernels = [pid for pid in family if process_group(pid) == pid]  # each kernel leads a process group
+        # each kernel leads a process group of its own
+        kernels = [pid for pid, group in process_groups(family).items() if group == pid]
         assert kernels, family
         report.send_signal(signal.SIGTERM)  # the report's process alone, as a process manager stops it
         rest, _ = report.communicate(timeout=120)

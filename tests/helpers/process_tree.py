@@ -41,6 +41,13 @@ def process_group(pid: int) -> int:
     return _table()[pid][1]
 
 
+def process_groups(processes: dict[int, str]) -> dict[int, int]:
+    """pid -> process group of those of `processes` still running, from one read of the table: a short-lived
+    helper of a server may end between listing it and asking for its group."""
+    table = _table()
+    return {pid: table[pid][1] for pid, start in processes.items() if pid in table and table[pid][3] == start}
+
+
 def survivors(processes: dict[int, str]) -> list[int]:
     """The processes of `descendants()` that still run (a zombie, ended but not yet reaped, does not)."""
     table = _table()
