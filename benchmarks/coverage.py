@@ -1,4 +1,4 @@
-"""How often the 95% intervals of `plantlib.evaluate.compute_metrics` cover the truth, measured by seeded simulation.
+"""How often the 95% intervals of `metrics.compute_metrics` (plantlib.evaluation) cover the truth, by seeded simulation.
 
 Accuracy: the exact (Clopper-Pearson) interval against the percentile bootstrap it replaced (reimplemented here),
 at test-set sizes n = 10, 60, 340 and true accuracies 0.8 to 1. Log loss and ECE: the bootstrap intervals of a
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from plantlib.evaluate import PROBABILITY_CLIP, compute_metrics, proportion_ci
+from plantlib.evaluation.metrics import PROBABILITY_CLIP, compute_metrics, proportion_ci
 
 SIZES = (10, 60, 340)
 ACCURACIES = (0.8, 0.95, 0.98, 1.0)

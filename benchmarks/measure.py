@@ -64,7 +64,7 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
         eval_s = evaluate_reference(result.model, data, batch_size, device=device)
         accuracy = result.test_accuracy
     else:
-        from plantlib.train import Trainer
+        from plantlib.training.trainer import Trainer
 
         trainer = Trainer(config, data=data, show_progress=False)
         trained = trainer.fit()
@@ -93,7 +93,7 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
 
 def default_run(device: str = "cpu") -> dict[str, Any]:
     """plantlib's default recipe end to end (data check, model build, training, test), as `plantlib train`."""
-    from plantlib.train import Trainer
+    from plantlib.training.trainer import Trainer
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
     config = bench_config(device=device)
@@ -161,7 +161,7 @@ def inference(recipe: str, checkpoint: str | None = None, device: str = "cpu", t
         predict_one = lambda file: reference_predict_one(model, file, device)  # noqa: E731
         predict_all = lambda: reference_batch_predict(model, files, device=device)  # noqa: E731
     else:
-        from plantlib.inference import load_model
+        from plantlib.inference.predictor import load_model
 
         # Probabilities from the Python API (as the notebooks' predict widget), like the reference's functions.
         loaded = load_model(Path(checkpoint), device=device, tta=tta)
@@ -209,7 +209,7 @@ def reference_full(epochs: int = 25, device: str = "cpu") -> dict[str, Any]:
 def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) -> dict[str, Any]:
     """The default recipe on the training split replicated `factor` times (synthetic augmented copies)."""
     from benchmarks.replicate import replicate_training_split
-    from plantlib.train import Trainer, build_image_cache
+    from plantlib.training.trainer import Trainer, build_image_cache
 
     changes: dict[str, Any] = {"epochs": epochs, "early_stopping_patience": None}
     if cache_memory_mb is not None:
@@ -242,7 +242,7 @@ def tracking(tracked: bool, epochs: int = 3) -> dict[str, Any]:
     that is the cost tracking adds to the loop, free of the run-to-run noise of comparing two trainings.
     """
     from plantlib.experiments import tracking_callbacks
-    from plantlib.train import Callback, Trainer
+    from plantlib.training.trainer import Callback, Trainer
 
     store = BENCH_DIR / "tracking" / time.strftime("%Y%m%d-%H%M%S")
     config = bench_config(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from plantlib.data import PreparedData
-from plantlib.models import build_model, normalization_for
+from plantlib.models.backbones import build_model, normalization_for
 
 BACKBONE = "efficientnet_lite0"
 

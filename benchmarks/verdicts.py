@@ -38,7 +38,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import StratifiedKFold
 
 from benchmarks.measure import BENCH_DIR
-from plantlib.evaluate import proportion_ci
+from plantlib.evaluation.metrics import proportion_ci
 from plantlib.experiments.compare import Evaluated, compare_paths, pairwise_table
 from plantlib.experiments.stats import NOT_DISTINGUISHABLE
 from plantlib.io import write_text

@@ -58,8 +58,8 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from plantlib.distributed import launched_by_torchrun, shutdown
-    from plantlib.evaluate import format_metrics
-    from plantlib.train import Trainer, resumable_config
+    from plantlib.evaluation.metrics import format_metrics
+    from plantlib.training.trainer import Trainer, resumable_config
 
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume and overrides:
@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         args.register = registered_model_name(args.register)
     if args.nproc > 1 and not launched_by_torchrun():
-        from plantlib.launch import run_torchrun, start_run
+        from plantlib.training.launch import run_torchrun, start_run
 
         run_torchrun(args.resume or start_run(config), args.nproc)
         return 0
@@ -139,7 +139,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from plantlib.export import export_run
+    from plantlib.inference.export import export_run
 
     files = export_run(args.run_dir, args.format, Path(args.out) if args.out else None)
     for file in files:
@@ -167,7 +167,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from plantlib.evaluate import format_metrics
+    from plantlib.evaluation.metrics import format_metrics
     from plantlib.experiments.cv import cross_validate
 
     if args.resume:
@@ -212,7 +212,7 @@ def _cmd_compare_backbones(args: argparse.Namespace) -> int:
 
     from plantlib.experiments.backbones import compare_backbones
     from plantlib.experiments.compare import RULE, cv_table
-    from plantlib.models import offline_backbones
+    from plantlib.models.backbones import offline_backbones
 
     names = args.backbones or offline_backbones()
     run = compare_backbones(_config_from_args(args), names, folds=args.folds, seeds=args.seeds)
@@ -262,9 +262,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from plantlib.ensemble import load_predictor
-    from plantlib.evaluate import format_metrics
-    from plantlib.inference import evaluate_folder, evaluate_split
+    from plantlib.evaluation.metrics import format_metrics
+    from plantlib.inference.ensemble import load_predictor
+    from plantlib.inference.predictor import evaluate_folder, evaluate_split
 
     if args.out_of_fold:
         return _evaluate_out_of_fold(args)
@@ -282,7 +282,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_out_of_fold(args: argparse.Namespace) -> int:
-    from plantlib.evaluate import format_metrics
+    from plantlib.evaluation.metrics import format_metrics
     from plantlib.experiments.cv import reevaluate_out_of_fold
 
     if len(args.checkpoints) != 1 or args.data_dir:
@@ -295,8 +295,8 @@ def _evaluate_out_of_fold(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from plantlib.ensemble import load_predictor
-    from plantlib.inference import predict_files
+    from plantlib.inference.ensemble import load_predictor
+    from plantlib.inference.predictor import predict_files
     from plantlib.io import atomic_write
 
     checkpoints = [args.checkpoint, *(args.ensemble or [])]
@@ -312,8 +312,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from plantlib.explain import explain_to_folder
-    from plantlib.inference import load_model
+    from plantlib.inference.explain import explain_to_folder
+    from plantlib.inference.predictor import load_model
 
     loaded = load_model(args.checkpoint, device=args.device, engine="torch")  # maps need torch's gradients
     frame, skipped = explain_to_folder(loaded, args.paths, args.out, method=args.method)
@@ -324,7 +324,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from plantlib.lr_find import find_learning_rate
+    from plantlib.training.lr_find import find_learning_rate
 
     result = find_learning_rate(_config_from_args(args), args.start_lr, args.end_lr, args.steps)
     print(f"{len(result.losses)} steps from {args.start_lr:g} to {result.learning_rates[-1]:.3g}")
@@ -347,7 +347,7 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from plantlib.paths import reports_dir
-    from plantlib.reports import check_all_ok, run_reports
+    from plantlib.reporting.runner import check_all_ok, run_reports
 
     parameters = report_parameters(args)
     if getattr(args, "tracking", None) == "off":

@@ -25,7 +25,7 @@ MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRACKING_MODES = ("auto", "on", "off")
-ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.engine
+ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.inference.engine
 CONFIG_EXAMPLE = '{"epochs": 3}'
 CONFIG_SHAPE = f"a config file must hold one object mapping field names to values, e.g. {CONFIG_EXAMPLE}"
 # The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
@@ -60,7 +60,7 @@ class RunConfig:
     image_size: int = option(224, "side of the square input images in pixels")
     # model
     backbone: str = option(
-        "efficientnet_lite0", "pretrained feature extractor (see `plantlib.models.backbone_names()`)"
+        "efficientnet_lite0", "pretrained feature extractor (see `plantlib.models.backbones.backbone_names()`)"
     )
     pretrained: bool = option(True, "start from ImageNet weights")
     head: str = option("mlp", "'mlp': Dropout-512-BN-128-BN head; 'linear': one Linear layer")
@@ -282,7 +282,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_values(c: RunConfig) -> None:
-    from plantlib.models import HEADS, get_spec  # the registry and the heads live with the models
+    from plantlib.models.backbones import HEADS, get_spec  # the registry and the heads live with the models
 
     get_spec(c.backbone)  # "unknown backbone 'x'; choose one of: ..."
     _check_choice("optimizer", c.optimizer, OPTIMIZERS)

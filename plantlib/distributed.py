@@ -1,4 +1,4 @@
-"""torch.distributed primitives for `plantlib train`: process group, sharding, gathering (launching: `plantlib.launch`).
+"""torch.distributed primitives for `plantlib train`: process group, sharding, gathering (launching: `training.launch`).
 
 Under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) a run becomes
 DistributedDataParallel: NCCL on CUDA, gloo on CPU. Without those variables everything here is a

@@ -11,8 +11,8 @@ from tests.helpers.write_scan import scan_folders, scan_source
 ROOT = Path(__file__).resolve().parents[1]
 # Writes that are in place on purpose, by (file, function), with the reason.
 EXEMPT = {
-    ("plantlib/reports.py", "_stderr_to"): "a notebook kernel's stderr, appended to its log while it runs",
-    ("plantlib/report_index.py", "_locked"): "the report lock file, opened only to hold an flock; never written",
+    ("plantlib/reporting/runner.py", "_stderr_to"): "a notebook kernel's stderr, appended to its log while it runs",
+    ("plantlib/reporting/index.py", "_locked"): "the report lock file, opened only to hold an flock; never written",
 }
 
 

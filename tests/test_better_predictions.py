@@ -12,15 +12,15 @@ import torch
 from sklearn.metrics import log_loss
 
 from plantlib.config import RunConfig
-from plantlib.ensemble import Ensemble, load_predictor
 from plantlib.errors import ConfigError
-from plantlib.evaluate import compute_metrics, metrics_side_by_side
+from plantlib.evaluation.metrics import compute_metrics, metrics_side_by_side
 from plantlib.experiments.compare import load_evaluated, pairwise_table
 from plantlib.experiments.cv import cross_validate, reevaluate_out_of_fold
-from plantlib.inference import evaluate_split, load_model, with_flips
-from plantlib.lr_find import find_learning_rate, suggest_learning_rate
-from plantlib.optim import BatchMixing
-from plantlib.train import Trainer
+from plantlib.inference.ensemble import Ensemble, load_predictor
+from plantlib.inference.predictor import evaluate_split, load_model, with_flips
+from plantlib.training.lr_find import find_learning_rate, suggest_learning_rate
+from plantlib.training.optim import BatchMixing
+from plantlib.training.trainer import Trainer
 from tests.conftest import run_cli, tiny_config, write_dataset
 
 

@@ -142,7 +142,7 @@ time.sleep(600)
 """
 RELAY = """
 import os, sys
-from plantlib.launch import relay
+from plantlib.training.launch import relay
 sys.exit(relay([sys.executable, "-c", sys.argv[1]], dict(os.environ)))
 """
 

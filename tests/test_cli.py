@@ -138,12 +138,14 @@ def test_report_no_tracking_turns_tracking_off_in_the_notebooks_kernels(
 ) -> None:
     import os
 
-    import plantlib.reports
+    import plantlib.reporting.runner
     from plantlib.cli import build_parser
     from plantlib.experiments.tracking import TRACKING_ENV
 
     seen = []
     monkeypatch.setenv(TRACKING_ENV, "on")
-    monkeypatch.setattr(plantlib.reports, "run_reports", lambda *a, **k: seen.append(os.environ[TRACKING_ENV]) or [])
+    monkeypatch.setattr(
+        plantlib.reporting.runner, "run_reports", lambda *a, **k: seen.append(os.environ[TRACKING_ENV]) or []
+    )
     args = build_parser().parse_args(["report", "--no-tracking", "--out-dir", str(tmp_path)])
     assert args.run(args) == 0 and seen == ["off"]

@@ -24,8 +24,8 @@ from plantlib.experiments.compare import (
 )
 from plantlib.experiments.cv import assign_folds, cross_validate, fold_split, pooled_metrics
 from plantlib.experiments.stats import corrected_t_test, holm_levels, mcnemar_test
-from plantlib.inference import evaluate_split, load_model
-from plantlib.train import Callback
+from plantlib.inference.predictor import evaluate_split, load_model
+from plantlib.training.trainer import Callback
 from tests.conftest import pattern_image, run_cli, tiny_config, write_dataset
 
 

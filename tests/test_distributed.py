@@ -24,9 +24,9 @@ from plantlib.distributed import (
     unshard,
 )
 from plantlib.errors import ConfigError
-from plantlib.inference import evaluate_split, load_model
-from plantlib.launch import torchrun_command
+from plantlib.inference.predictor import evaluate_split, load_model
 from plantlib.runs import list_runs, read_run_info
+from plantlib.training.launch import torchrun_command
 from tests.conftest import run_cli, tiny_config, write_dataset
 
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "48", "--batch-size", "8", "--num-workers", "0"]
@@ -116,7 +116,7 @@ def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
     """Class probabilities of the run's test images, computed by hand: the checkpoint's weights in a freshly built
     network, each image decoded by Pillow, its shorter side resized (bicubic) to image_size * 256 / 224, centre
     cropped and normalised with the recorded mean and std."""
-    from plantlib.models import build_model
+    from plantlib.models.backbones import build_model
 
     payload = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
     info = read_run_info(run)
@@ -126,7 +126,7 @@ def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
         len(payload["class_names"]),
         pretrained=False,
         head=saved["head"],
-        fold_bn=saved["freeze_bn"] or saved["finetune"] == "head",  # fixed BatchNorm is saved folded
+        fuse_bn=saved["freeze_bn"] or saved["finetune"] == "head",  # fixed BatchNorm is saved folded
     )
     model.load_state_dict(payload["model"])
     model.eval()
@@ -196,8 +196,8 @@ def test_a_dying_rank_stops_the_job_and_the_run_resumes_under_ddp(data_dir: Path
 def test_the_train_notebook_runs_a_two_process_job(data_dir: Path, tmp_path: Path) -> None:
     import papermill
 
-    from plantlib.notebook import notebook_paths
-    from plantlib.reports import kernel_name
+    from plantlib.reporting.notebook import notebook_paths
+    from plantlib.reporting.runner import kernel_name
 
     notebook = next(p for p in notebook_paths() if p.stem == "02_train")
     runs = tmp_path / "runs"

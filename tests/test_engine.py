@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from plantlib import engine as engine_module
 from plantlib.data.dataset import eval_transform
-from plantlib.engine import OpenVinoClassifier, compile_for_inference
 from plantlib.errors import ConfigError
-from plantlib.inference import evaluate_split, load_model, predict_files
-from plantlib.models import build_model, normalization_for
+from plantlib.inference.engine import OpenVinoClassifier, compile_for_inference
+from plantlib.inference.predictor import engine as engine_module
+from plantlib.inference.predictor import evaluate_split, load_model, predict_files
+from plantlib.models.backbones import build_model, normalization_for
 from plantlib.runtime import torch_threads
-from plantlib.train import train
+from plantlib.training.trainer import train
 from tests.conftest import pattern_image, tiny_config, write_dataset
 
 

@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 from torch.utils.data import DataLoader, TensorDataset
 
-from plantlib.evaluate import (
+from plantlib.evaluation.metrics import (
     PROBABILITY_CLIP,
     compute_metrics,
     expected_calibration_error,

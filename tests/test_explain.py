@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from plantlib.explain import explain_files, heatmap_peak, overlay
-from plantlib.inference import load_model
-from plantlib.train import Trainer
+from plantlib.inference.explain import explain_files, heatmap_peak, overlay
+from plantlib.inference.predictor import load_model
+from plantlib.training.trainer import Trainer
 from tests.conftest import run_cli, tiny_config
 
 SIZE = 150  # the square (15..55 px) stays inside the 128 px centre crop the network sees
@@ -60,7 +60,7 @@ def test_the_heat_map_peaks_in_the_corner_with_the_square(corner_run: tuple[Path
 
 
 def test_an_overlay_is_red_where_the_map_is_hot_and_blue_where_it_is_cold() -> None:
-    from plantlib.explain import Explanation
+    from plantlib.inference.explain import Explanation
 
     heat = np.zeros((64, 64), dtype=np.float32)
     heat[:16, :16] = 1.0
@@ -91,7 +91,7 @@ def test_explain_command_writes_a_png_per_image_and_a_csv_and_skips_bad_files(
 def test_every_registered_backbone_names_a_layer_that_gives_a_map() -> None:
     from torchcam.methods import GradCAM
 
-    from plantlib.models import backbone_names, build_model, cam_target_layer
+    from plantlib.models.backbones import backbone_names, build_model, cam_target_layer
 
     for name in backbone_names():
         model = build_model(name, 2, pretrained=False, head="linear").eval()

@@ -18,7 +18,7 @@ from plantlib.config import RunConfig
 from plantlib.data import fetch_dataset
 from plantlib.data.manifest import build_manifest, write_manifest
 from plantlib.paths import manifest_path
-from plantlib.train import Trainer
+from plantlib.training.trainer import Trainer
 from tests.conftest import pattern_image, tiny_config, write_dataset
 
 TRAIN_ARGS = [

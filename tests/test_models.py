@@ -14,8 +14,7 @@ from torchvision.models import ResNet18_Weights
 
 from plantlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization, eval_transform
 from plantlib.errors import ConfigError, PlantlibError
-from plantlib.folding import fold_batchnorm, has_batchnorm2d, make_same_padding_static
-from plantlib.models import (
+from plantlib.models.backbones import (
     BACKBONES,
     Classifier,
     WeightsUnavailableError,
@@ -32,6 +31,7 @@ from plantlib.models import (
     weights_available,
     weights_source,
 )
+from plantlib.models.fusion import fuse_batchnorm, has_batchnorm2d, make_same_padding_static
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 TORCHVISION = ["efficientnet_b0", "mobilenet_v2", "resnet18", "resnet50"]
@@ -199,7 +199,7 @@ def test_folded_batchnorm_computes_the_same_function(name: str):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     folded = copy.deepcopy(plain)
-    assert fold_batchnorm(folded.backbone) > 0
+    assert fuse_batchnorm(folded.backbone) > 0
     assert not has_batchnorm2d(folded.backbone)
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
@@ -223,7 +223,7 @@ def test_fold_batchnorm_refuses_a_conv_output_used_twice():
     x = torch.rand(1, 3, 8, 8)
     expected = net(x)
     with pytest.raises(ValueError, match="changed the network's output"):
-        fold_batchnorm(net, x)
+        fuse_batchnorm(net, x)
     assert isinstance(net.bn, nn.BatchNorm2d)
     torch.testing.assert_close(net(x), expected)  # left exactly as it was
 

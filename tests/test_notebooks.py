@@ -8,8 +8,8 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from plantlib.config import RunConfig
-from plantlib.notebook import notebook_paths
-from plantlib.reports import NOTEBOOKS, kernel_name
+from plantlib.reporting.notebook import notebook_paths
+from plantlib.reporting.runner import NOTEBOOKS, kernel_name
 
 NOTEBOOK_FILES = notebook_paths()
 

@@ -12,7 +12,7 @@ import pytest
 
 from plantlib.data.names import as_text, file_in, from_text
 from plantlib.data.split import load_split, save_split
-from plantlib.evaluate import save_evaluation
+from plantlib.evaluation.metrics import save_evaluation
 from tests.conftest import tiny_config, write_dataset
 
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "48", "--batch-size", "4", "--epochs", "1"]
@@ -110,8 +110,8 @@ def test_metrics_are_never_left_without_their_predictions(tmp_path: Path, monkey
 def test_class_names_that_look_like_markup_stay_text_in_the_model_card_and_onnx_metadata(tmp_path: Path) -> None:
     import onnx
 
-    from plantlib.export import export_run
-    from plantlib.train import Trainer
+    from plantlib.inference.export import export_run
+    from plantlib.training.trainer import Trainer
 
     mistune = pytest.importorskip("mistune")  # a Markdown renderer that passes raw HTML through, like MLflow's UI
     data = write_dataset(tmp_path / name(b"d\xe9ta`<b>x"), {"ant": 8, "bee": 8})

@@ -18,8 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from plantlib import plots
-from plantlib.evaluate import compute_metrics, predictions_frame
+from plantlib.evaluation import plots
+from plantlib.evaluation.metrics import compute_metrics, predictions_frame
 
 CLASSES = ["dandelion", "grass"]
 

@@ -71,7 +71,7 @@ def test_train_evaluate_and_predict_connect_nowhere_and_leave_home_empty(tmp_pat
 def test_openvino_is_imported_without_its_telemetry(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from plantlib.engine import import_openvino\n"
+        "from plantlib.inference.engine import import_openvino\n"
         "openvino = import_openvino(); openvino.Core()\n"
         "assert sys.modules.get('openvino_telemetry') is None\n"
     )

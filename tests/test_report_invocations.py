@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from plantlib import reports
 from plantlib.errors import ConfigError
-from plantlib.report_index import RECORD_FILE, REPORTS_FILE, read_invocations, write_index
+from plantlib.reporting import runner as reports
+from plantlib.reporting.index import RECORD_FILE, REPORTS_FILE, read_invocations, write_index
 from tests.conftest import write_dataset
 from tests.helpers.process_tree import HAS_PROC, descendants, group_members, kill_all, process_groups, survivors
 

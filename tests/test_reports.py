@@ -8,7 +8,7 @@ import pytest
 
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.io import current_umask
-from plantlib.reports import NOTEBOOKS, plan_parameters
+from plantlib.reporting.runner import NOTEBOOKS, plan_parameters
 from tests.conftest import CHROMIUM, guarded_environment, requires_chromium, run_cli, write_dataset
 
 TERMINAL = "terminal.txt"

@@ -9,8 +9,8 @@ import pytest
 from plantlib.config import RunConfig
 from plantlib.data import DataWarning, make_split, prepare_data
 from plantlib.data.split import save_split
-from plantlib.evaluate import compute_metrics, format_metrics
-from plantlib.train import Trainer
+from plantlib.evaluation.metrics import compute_metrics, format_metrics
+from plantlib.training.trainer import Trainer
 from tests.conftest import tiny_config, write_dataset
 
 

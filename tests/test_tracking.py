@@ -21,9 +21,9 @@ import requests
 from plantlib.data import DecodedImageCache, eval_transform
 from plantlib.data.dataset import resize_side
 from plantlib.experiments.tracking import MlflowTracking, flatten_config, tracking_callbacks
-from plantlib.inference import load_model
+from plantlib.inference.predictor import load_model
 from plantlib.runs import list_runs, read_run_info
-from plantlib.train import Trainer
+from plantlib.training.trainer import Trainer
 from tests.conftest import run_cli, tiny_config, write_dataset
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 48}

@@ -8,8 +8,8 @@ import torch
 from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plantlib.config import RunConfig
 from plantlib.errors import PlantlibError
-from plantlib.optim import build_optimizer, build_scheduler
-from plantlib.train import Trainer, train
+from plantlib.training.optim import build_optimizer, build_scheduler
+from plantlib.training.trainer import Trainer, train
 from tests.conftest import tiny_config, write_dataset
 
 
@@ -124,7 +124,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "plateau", "onecycle", "none"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_every_optimizer_and_schedule_builds_and_steps(scheduler: str, optimizer: str) -> None:
-    from plantlib.models import build_model
+    from plantlib.models.backbones import build_model
 
     model = build_model("resnet18", 2, pretrained=False)
     config = RunConfig(optimizer=optimizer, scheduler=scheduler, warmup_epochs=1, step_size=1, epochs=3)
@@ -182,9 +182,9 @@ def test_frozen_blocks_stay_fixed_and_the_checkpoint_predicts_as_the_run_did(
 ) -> None:
     import pandas as pd
 
-    from plantlib.folding import has_batchnorm2d
-    from plantlib.inference import evaluate_split, load_model
-    from plantlib.models import backbone_blocks
+    from plantlib.inference.predictor import evaluate_split, load_model
+    from plantlib.models.backbones import backbone_blocks
+    from plantlib.models.fusion import has_batchnorm2d
 
     config = tiny(data_dir, tmp_path, epochs=1, frozen_blocks=3, freeze_bn=freeze_bn)
     trainer = Trainer(config, show_progress=False)

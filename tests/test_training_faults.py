@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import plantlib.train as train_module
+import plantlib.training.trainer as train_module
 from plantlib import cli
 from plantlib.checkpoint import load_checkpoint
 from plantlib.processes import this_process
 from plantlib.runs import read_run_info, run_status
-from plantlib.train import Trainer
+from plantlib.training.trainer import Trainer
 from tests.conftest import tiny_config, write_dataset
 
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "48", "--batch-size", "4", "--epochs", "2"]

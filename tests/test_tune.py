@@ -29,9 +29,9 @@ from plantlib.experiments.tune import (
     trial_value,
     tune,
 )
-from plantlib.optim import EarlyStopping
 from plantlib.runs import read_cv_info, read_run_info
-from plantlib.train import StopTraining, TrainingResult
+from plantlib.training.optim import EarlyStopping
+from plantlib.training.trainer import StopTraining, TrainingResult
 from tests.conftest import tiny_config, write_dataset
 
 SPACE = """

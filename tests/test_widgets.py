@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from plantlib.data.images import load_rgb
-from plantlib.evaluate import predictions_frame
-from plantlib.plots import static_prediction_gallery
-from plantlib.widgets import (
+from plantlib.evaluation.metrics import predictions_frame
+from plantlib.evaluation.plots import static_prediction_gallery
+from plantlib.reporting.widgets import (
     THUMBNAIL_SIDE,
     PredictionBrowser,
     UploadClassifier,

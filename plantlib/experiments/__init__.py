@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from plantlib.config import RunConfig
 from plantlib.experiments.tracking import tracking_callbacks
-from plantlib.train import CallbackLike, Trainer, TrainingResult
+from plantlib.training.trainer import CallbackLike, Trainer, TrainingResult
 
 
 def train(config: RunConfig, callbacks: Sequence[CallbackLike] = (), show_progress: bool = True) -> TrainingResult:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from plantlib.errors import PlantlibError
-from plantlib.evaluate import arrays_from_predictions, class_columns, compute_metrics
+from plantlib.evaluation.metrics import arrays_from_predictions, class_columns, compute_metrics
 from plantlib.experiments.cv import OOF_FILE, pooled_metrics
 from plantlib.experiments.stats import (
     ALPHA,
@@ -313,7 +313,7 @@ def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFram
 
     Scores are strings "value (low–high)" so the table stays narrow enough for a report page.
     """
-    from plantlib.inference import inference_ms_per_image
+    from plantlib.inference.predictor import inference_ms_per_image
 
     items = [load_evaluated(Path(d)) for d in cv_dirs]
     summary = summary_table(items)

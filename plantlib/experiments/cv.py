@@ -22,18 +22,18 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from plantlib.build import build_image_cache
 from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import EXCLUDED, save_split
 from plantlib.errors import ConfigError
-from plantlib.evaluate import arrays_from_predictions, compute_metrics, predictions_frame
+from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics, predictions_frame
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import atomic_write, write_json
 from plantlib.paths import artifacts_dir
 from plantlib.runs import CV_FILE, is_cv_dir, new_unique_dir, read_cv_info, read_run_info
-from plantlib.train import CallbackLike, Trainer
+from plantlib.training.build import build_image_cache
+from plantlib.training.trainer import CallbackLike, Trainer
 
 OOF_FILE = "oof.csv"
 
@@ -254,7 +254,7 @@ def reevaluate_out_of_fold(
     pairs it image by image with the original. Nothing is trained.
     """
     from plantlib.checkpoint import BEST_CHECKPOINT
-    from plantlib.inference import evaluate_split, load_model
+    from plantlib.inference.predictor import evaluate_split, load_model
 
     cv_dir = Path(cv_dir)
     saved = read_cv_info(cv_dir)

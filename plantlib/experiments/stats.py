@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from plantlib.evaluate import proportion_ci
+from plantlib.evaluation.metrics import proportion_ci
 
 ALPHA = 0.05
 NOT_DISTINGUISHABLE = "not distinguishable at 95%"

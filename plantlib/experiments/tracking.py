@@ -25,7 +25,7 @@ from plantlib.config import RunConfig
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.io import read_json, write_json
 from plantlib.paths import artifacts_dir, project_root
-from plantlib.train import Callback, Trainer, TrainingResult
+from plantlib.training.trainer import Callback, Trainer, TrainingResult
 
 TRACKING_ENV = "PLANTLIB_TRACKING"  # overrides tracking="auto": "on" or "off" (the test suite sets "off")
 TRACKING_FILE = "tracking.json"  # in a run directory: where the run is tracked, written as soon as it is known
@@ -281,7 +281,7 @@ class MlflowTracking(Callback):
             return
         import pandas as pd
 
-        from plantlib.plots import plot_history, save_figure, save_run_figures
+        from plantlib.evaluation.plots import plot_history, save_figure, save_run_figures
 
         if result.test_metrics is None:  # a run that evaluated no test split (a sweep's trial): its history only
             figures = [save_figure(plot_history(result.history), trainer.run_dir / "figures" / "history.png")]

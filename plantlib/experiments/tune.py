@@ -29,7 +29,7 @@ from plantlib.experiments.cv import cross_validate
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
-from plantlib.train import Callback, StopTraining, Trainer, TrainingResult
+from plantlib.training.trainer import Callback, StopTraining, Trainer, TrainingResult
 
 DEFAULT_SPACE = """
 learning_rate: {type: float, low: 0.0003, high: 0.003, log: true}
@@ -424,7 +424,7 @@ def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
         try:
             axes = draw(study)
         except (ValueError, RuntimeError) as error:  # e.g. importances need two or more finished trials
-            from plantlib.plots import message_figure
+            from plantlib.evaluation.plots import message_figure
 
             figures[name] = message_figure(f"{name}: {error}")
             continue

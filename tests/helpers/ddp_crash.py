@@ -4,7 +4,7 @@ import os
 import sys
 
 from plantlib.config import RunConfig
-from plantlib.train import Trainer
+from plantlib.training.trainer import Trainer
 
 
 def die_on_rank_1_after_epoch_2(trainer: Trainer, record: dict) -> None:

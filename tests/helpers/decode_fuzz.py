@@ -26,8 +26,8 @@ from plantlib.data import (
     train_transform,
 )
 from plantlib.data.dataset import resize_side
-from plantlib.inference import load_model, predict_files, readable_images
-from plantlib.models import build_model
+from plantlib.inference.predictor import load_model, predict_files, readable_images
+from plantlib.models.backbones import build_model
 
 IMAGE_SIZE = 224  # the default input size: the one whose resizes cost the most
 

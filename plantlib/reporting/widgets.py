@@ -2,7 +2,7 @@
 
 `prediction_browser` pages through a predictions frame (filter by true class and by right/wrong), and
 `upload_classifier` classifies an image dropped into the notebook. Widgets need a live kernel, so reports use
-`plantlib.plots.static_prediction_gallery`, a figure of example images per (true class × right/wrong) group.
+`plantlib.evaluation.plots.static_prediction_gallery`, a figure of example images per (true class × right/wrong) group.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ import pandas as pd
 from PIL import Image
 
 from plantlib.data.images import ImageDecodeError, load_rgb
-from plantlib.evaluate import check_predictions_frame, class_columns
-from plantlib.plots import resolve_path
+from plantlib.evaluation.metrics import check_predictions_frame, class_columns
+from plantlib.evaluation.plots import resolve_path
 
 THUMBNAIL_SIDE = 320  # longest side of a widget thumbnail in pixels: sharp at notebook width, small to send
 _THUMBNAIL_CACHE_SIZE = 64  # thumbnails a browser keeps, so paging back and forth does not decode again
 _ALL = ""  # class-filter value meaning "every class" (a class folder can never be named "")
 _OUTCOMES = ("all", "right", "wrong")
-# An image file -> its heat-map overlay (see `plantlib.explain.overlay_function`).
+# An image file -> its heat-map overlay (see `plantlib.inference.explain.overlay_function`).
 HeatMap = Callable[[Path], Image.Image]
 
 
 class ProbabilityModel(Protocol):
-    """What `classify_bytes` needs from a model: `plantlib.inference.LoadedModel` satisfies it."""
+    """What `classify_bytes` needs from a model: `plantlib.inference.predictor.LoadedModel` satisfies it."""
 
     class_names: list[str]
 
@@ -227,8 +227,8 @@ class PredictionBrowser:
 def prediction_browser(frame: pd.DataFrame, root: Path | None = None, heatmap: HeatMap | None = None) -> widgets.Widget:
     """Page through predictions in JupyterLab: filter by true class and right/wrong, see image and probabilities.
 
-    `frame` comes from `plantlib.evaluate.predictions_frame`; relative paths in it are resolved against `root`.
-    `heatmap` (e.g. `plantlib.explain.overlay_function(loaded)`) adds each image's heat-map overlay beside it.
+    `frame` comes from `evaluation.metrics.predictions_frame`; relative paths in it are resolved against `root`.
+    `heatmap` (e.g. `plantlib.inference.explain.overlay_function(loaded)`) adds each image's heat-map overlay beside it.
     """
     return PredictionBrowser(frame, root, heatmap).widget
 

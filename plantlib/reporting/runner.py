@@ -1,7 +1,7 @@
 """Run the numbered notebooks headlessly with papermill, export static HTML, and keep the index page current.
 
 Reports must read well offline: figures are inline PNGs, no widget is needed to see a result, and no script
-is fetched from a CDN. Every invocation runs in its own folder (see `plantlib.report_index`): notebooks hand
+is fetched from a CDN. Every invocation runs in its own folder (see `plantlib.reporting.index`): notebooks hand
 results to the next one only through that folder's summaries.
 """
 
@@ -22,9 +22,9 @@ from plantlib.children import stop_signals_raise
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.frontend import KERNEL_NAME, kernel_runs_this_interpreter
 from plantlib.io import write_text
-from plantlib.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 from plantlib.paths import notebooks_dir, reports_dir
-from plantlib.report_index import Invocation, NotebookRun, start_invocation
+from plantlib.reporting.index import Invocation, NotebookRun, start_invocation
+from plantlib.reporting.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 
 NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
 REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
@@ -139,7 +139,7 @@ def run_notebook(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from plantlib.report_console import ENGINE_NAME, NotebookConsole
+    from plantlib.reporting.console import ENGINE_NAME, NotebookConsole
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def run_reports(
         raise
     invocation.completed()
     if echo:
-        from plantlib.report_console import summary_table
+        from plantlib.reporting.console import summary_table
 
         rows = [
             (run.name, run.status, run.seconds if run.status != "not run" else None, run.summary or run.error or "")

@@ -38,11 +38,11 @@ from plantlib.distributed import (
     shard,
 )
 from plantlib.errors import ConfigError, PlantlibError
-from plantlib.models import (
+from plantlib.models.backbones import (
     Classifier,
     build_model,
-    folds_batchnorm,
     frozen_modules,
+    fuses_batchnorm,
     model_size_mb,
     normalization_for,
     parameter_counts,
@@ -171,7 +171,7 @@ def build_run_model(config: RunConfig, num_classes: int, device: torch.device) -
         head=config.head,
         dropout=config.dropout,
         # Fixed BatchNorm (freeze_bn, or a head-only run) is folded into the convolutions: same function, faster.
-        fold_bn=folds_batchnorm(config.freeze_bn, config.finetune),
+        fuse_bn=fuses_batchnorm(config.freeze_bn, config.finetune),
     ).to(device, memory_format=torch.channels_last)
     frozen_modules(model, config.frozen_blocks)
     if config.sync_bn:

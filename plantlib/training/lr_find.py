@@ -18,10 +18,10 @@ import numpy as np
 from plantlib.config import RunConfig
 from plantlib.errors import ConfigError
 from plantlib.io import write_json
-from plantlib.loop import set_training_mode
 from plantlib.paths import artifacts_dir
 from plantlib.runtime import maybe_autocast
-from plantlib.train import Trainer
+from plantlib.training.loop import set_training_mode
+from plantlib.training.trainer import Trainer
 
 SMOOTHING = 0.98  # exponential moving average of the loss, as fastai
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -88,7 +88,7 @@ def find_learning_rate(
         out_dir / "lr_find.json",
         {"config": config.to_dict(), "learning_rates": rates, "losses": smoothed, "suggestion": suggestion},
     )
-    from plantlib.plots import plot_lr_find, save_figure
+    from plantlib.evaluation.plots import plot_lr_find, save_figure
 
     save_figure(plot_lr_find(rates, smoothed, suggestion), out_dir / "lr_find.png")
     return LrFindResult(rates, smoothed, suggestion, out_dir)

@@ -23,23 +23,23 @@ from plantlib.data.images import ImageDecodeError, is_image_name
 from plantlib.data.names import as_text, file_in
 from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
-from plantlib.engine import Forward, compile_for_inference
 from plantlib.errors import ConfigError, DataError
-from plantlib.evaluate import (
+from plantlib.evaluation.metrics import (
     PROBABILITY_CLIP,
     compute_metrics,
     predict_probabilities,
     predictions_frame,
     save_evaluation,
 )
-from plantlib.folding import fold_batchnorm
-from plantlib.models import Classifier, build_model, folds_batchnorm
+from plantlib.inference.engine import Forward, compile_for_inference
+from plantlib.models.backbones import Classifier, build_model, fuses_batchnorm
+from plantlib.models.fusion import fuse_batchnorm
 from plantlib.runs import read_run_info
 from plantlib.runtime import autocast_dtype, resolve_device, torch_threads
 
 
 class Predictor(Protocol):
-    """What evaluating and predicting need: one checkpoint (`LoadedModel`) or several (`plantlib.ensemble`)."""
+    """What evaluating and predicting need: one checkpoint (`LoadedModel`) or several (`inference.ensemble`)."""
 
     class_names: list[str]
     config: RunConfig
@@ -77,7 +77,7 @@ class LoadedModel:
     checkpoint_path: Path
     device: torch.device
     dtype: torch.dtype | None
-    forward: Forward  # the model itself, or its OpenVINO compilation (see `plantlib.engine`)
+    forward: Forward  # the model itself, or its OpenVINO compilation (see `plantlib.inference.engine`)
     engine: str = "torch"
     tta: bool = False  # test-time augmentation: average over the image and its mirror images (`with_flips`)
 
@@ -162,7 +162,7 @@ def with_flips(forward: Forward) -> Forward:
     def averaged(images: torch.Tensor) -> torch.Tensor:
         views = (images, images.flip(-1), images.flip(-2))
         mean = torch.stack([torch.softmax(forward(view).float(), dim=1) for view in views]).mean(0)
-        return mean.clamp_min(PROBABILITY_CLIP).log()  # the one clip of every log loss (plantlib.evaluate)
+        return mean.clamp_min(PROBABILITY_CLIP).log()  # the one clip of every log loss (plantlib.evaluation.metrics)
 
     return averaged
 
@@ -187,14 +187,14 @@ def load_model(
         pretrained=False,
         head=config.head,
         dropout=config.dropout,
-        fold_bn=folded,
+        fuse_bn=folded,
     )
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not match backbone {config.backbone}: {error}") from error
     if not folded:
-        fold_batchnorm(model.backbone)  # exact in evaluation mode, and faster
+        fuse_batchnorm(model.backbone)  # exact in evaluation mode, and faster
     model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
     normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
@@ -220,7 +220,7 @@ def checkpoint_is_folded(payload: dict[str, Any]) -> bool:
     if payload.get("version", 1) < 2:
         return bool(payload.get("bn_folded", False))
     config = payload["config"]
-    return folds_batchnorm(bool(config["freeze_bn"]), str(config["finetune"]))
+    return fuses_batchnorm(bool(config["freeze_bn"]), str(config["finetune"]))
 
 
 def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -21,7 +21,7 @@ from torchvision.models import get_model, get_weight
 
 from plantlib.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from plantlib.errors import ConfigError, PlantlibError
-from plantlib.folding import fold_batchnorm, make_same_padding_static, use_inplace_relu6
+from plantlib.models.fusion import fuse_batchnorm, make_same_padding_static, use_inplace_relu6
 
 IMAGENET_NORMALIZATION = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 # The TF originals feed (pixel - 127) / 128 on the 0..255 scale. Checked on real images: with these values the
@@ -51,7 +51,7 @@ class BackboneSpec:
     # than full fine-tuning and under 2 GB of memory at batch 32.
     default_frozen_blocks: int = 0
     # The backbone's last convolutional feature map (a dotted module path inside the feature extractor): where
-    # class-activation maps (`plantlib.explain`) are read, the finest layer that still sees the whole image.
+    # class-activation maps (`plantlib.inference.explain`) are read, the finest layer that still sees the whole image.
     cam_layer: str = ""
 
 
@@ -274,11 +274,11 @@ def build_model(
     pretrained: bool = True,
     head: str = "mlp",
     dropout: float = 0.5,
-    fold_bn: bool = False,
+    fuse_bn: bool = False,
 ) -> Classifier:
     """A classifier for `num_classes` on top of `backbone`; pretrained=False never touches the network.
 
-    fold_bn=True folds the backbone's BatchNorm into its convolutions (see `plantlib.folding`): the fast form
+    fuse_bn=True folds the backbone's BatchNorm into its convolutions (see `plantlib.models.fusion`): the fast form
     for fine-tuning with fixed BatchNorm statistics, and for inference. Checkpoints record which form they hold.
     The mlp head's BatchNorm layers need batches of two or more images in training mode.
     """
@@ -289,8 +289,8 @@ def build_model(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     head_module = make_head(head, spec.num_features, num_classes, dropout)
     net = _strip_classifier(spec, _imagenet_network(spec, pretrained))
-    if fold_bn:
-        fold_batchnorm(net)
+    if fuse_bn:
+        fuse_batchnorm(net)
     return Classifier(net, head_module, spec.num_features, spec.name)
 
 
@@ -299,7 +299,7 @@ def cam_target_layer(model: Classifier) -> nn.Module:
     return model.backbone.get_submodule(get_spec(model.backbone_name).cam_layer)
 
 
-def folds_batchnorm(freeze_bn: bool, finetune: str) -> bool:
+def fuses_batchnorm(freeze_bn: bool, finetune: str) -> bool:
     """Whether a run keeps the backbone's BatchNorm folded into its convolutions: whenever its statistics are fixed."""
     return freeze_bn or finetune == "head"
 

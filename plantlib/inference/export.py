@@ -21,10 +21,10 @@ import torch
 from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
 from plantlib.data.dataset import Normalization, resize_side
 from plantlib.data.names import as_text
-from plantlib.engine import export_onnx_graph
 from plantlib.errors import PlantlibError
-from plantlib.evaluate import interval, misclassified, with_ci
-from plantlib.inference import LoadedModel, load_model
+from plantlib.evaluation.metrics import interval, misclassified, with_ci
+from plantlib.inference.engine import export_onnx_graph
+from plantlib.inference.predictor import LoadedModel, load_model
 from plantlib.io import atomic_path, write_text
 from plantlib.runs import read_run_info
 

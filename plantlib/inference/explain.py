@@ -19,8 +19,8 @@ from PIL import Image
 from plantlib.data import DecodedImageCache, eval_transform
 from plantlib.data.names import as_text
 from plantlib.errors import ConfigError, DataError
-from plantlib.inference import LoadedModel, readable_images
-from plantlib.models import cam_target_layer
+from plantlib.inference.predictor import LoadedModel, readable_images
+from plantlib.models.backbones import cam_target_layer
 
 CAM_METHODS = ("gradcam", "gradcampp")
 OVERLAY_ALPHA = 0.5  # share of the photo in an overlay; the rest is the heat map's colour
@@ -146,8 +146,8 @@ def explain_to_folder(
 
     Unreadable files are skipped with a warning and returned with the reason, as everywhere else.
     """
+    from plantlib.evaluation.plots import plot_explanations, save_figure
     from plantlib.io import write_text
-    from plantlib.plots import plot_explanations, save_figure
 
     cache = loaded.image_cache()
     with loaded.preprocessing_threads():

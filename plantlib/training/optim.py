@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from plantlib.config import RunConfig
-from plantlib.models import Classifier
+from plantlib.models.backbones import Classifier
 
 
 @dataclass

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from plantlib.distributed import DistributedContext, all_sum, unshard
-from plantlib.evaluate import PROBABILITY_CLIP, predict_logits
-from plantlib.models import Classifier, frozen_modules
-from plantlib.optim import Optimization, steps_per_epoch_scheduler
+from plantlib.evaluation.metrics import PROBABILITY_CLIP, predict_logits
+from plantlib.models.backbones import Classifier, frozen_modules
 from plantlib.progress import progress
 from plantlib.runtime import maybe_autocast
+from plantlib.training.optim import Optimization, steps_per_epoch_scheduler
 
 
 def set_training_mode(model: Classifier, backbone_trainable: bool, frozen_blocks: int | None, freeze_bn: bool) -> None:

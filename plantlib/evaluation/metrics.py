@@ -59,7 +59,7 @@ def predict_logits(
     afterwards so a trainer can call this mid-fit.
     """
     device = torch.device(device)
-    was_training = getattr(model, "training", False)  # a compiled network (plantlib.engine) has no modes
+    was_training = getattr(model, "training", False)  # a compiled network (plantlib.inference.engine) has no modes
     if was_training:
         model.eval()
     chunks: list[torch.Tensor] = []
@@ -378,7 +378,7 @@ def check_predictions_frame(frame: pd.DataFrame) -> None:
     if missing:
         raise ValueError(
             f"predictions frame lacks columns {missing} (it has {list(frame.columns)}); "
-            "build it with plantlib.evaluate.predictions_frame"
+            "build it with plantlib.evaluation.metrics.predictions_frame"
         )
 
 

@@ -93,7 +93,7 @@ def conv_batchnorm_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[nn
     return pairs
 
 
-def fold_batchnorm(net: nn.Module, example: torch.Tensor | None = None) -> int:
+def fuse_batchnorm(net: nn.Module, example: torch.Tensor | None = None) -> int:
     """Fold every BatchNorm2d that directly follows a convolution into it (weights and bias), in place.
 
     The convolution gains a trainable bias; the BatchNorm becomes `nn.Identity`. Checked: the folded network

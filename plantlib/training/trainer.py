@@ -1,4 +1,4 @@
-"""The Trainer: built in named steps (`plantlib.build`, `plantlib.optim`), then a fit loop that fits on a screen.
+"""The Trainer: built in named steps (`training.build`, `training.optim`), then a fit loop that fits on a screen.
 
 Each epoch reseeds augmentation and shuffling from (seed, epoch), so a run resumed from `last.pt` draws the
 same batches as an uninterrupted one and reaches the same weights and history. The Trainer knows nothing of
@@ -19,7 +19,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from plantlib.build import (
+from plantlib.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
+from plantlib.config import RunConfig
+from plantlib.data import DecodedImageCache, PreparedData
+from plantlib.distributed import barrier, per_rank_batch_size
+from plantlib.errors import DiskFullError, PlantlibError
+from plantlib.evaluation.metrics import compute_metrics, predictions_frame, save_evaluation, softmax_probabilities
+from plantlib.io import write_json
+from plantlib.models.backbones import normalization_for, set_backbone_trainable
+from plantlib.processes import this_process
+from plantlib.runs import read_run_info, write_run_info
+from plantlib.runtime import autocast_dtype, epoch_seed, keep_freed_memory, loader_workers, seed_everything
+from plantlib.training.build import (
     build_image_cache,
     build_loaders,
     build_run_model,
@@ -29,19 +40,8 @@ from plantlib.build import (
     run_facts,
     setup_process,
 )
-from plantlib.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
-from plantlib.config import RunConfig
-from plantlib.data import DecodedImageCache, PreparedData
-from plantlib.distributed import barrier, per_rank_batch_size
-from plantlib.errors import DiskFullError, PlantlibError
-from plantlib.evaluate import compute_metrics, predictions_frame, save_evaluation, softmax_probabilities
-from plantlib.io import write_json
-from plantlib.loop import loss_and_accuracy, set_training_mode, split_logits, train_one_epoch
-from plantlib.models import normalization_for, set_backbone_trainable
-from plantlib.optim import EarlyStopping, Optimization, build_optimization, steps_per_epoch_scheduler
-from plantlib.processes import this_process
-from plantlib.runs import read_run_info, write_run_info
-from plantlib.runtime import autocast_dtype, epoch_seed, keep_freed_memory, loader_workers, seed_everything
+from plantlib.training.loop import loss_and_accuracy, set_training_mode, split_logits, train_one_epoch
+from plantlib.training.optim import EarlyStopping, Optimization, build_optimization, steps_per_epoch_scheduler
 
 
 class StopTraining(Exception):

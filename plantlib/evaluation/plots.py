@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from plantlib.data.images import ImageDecodeError, load_rgb
 from plantlib.data.names import file_in
-from plantlib.evaluate import arrays_from_predictions, check_predictions_frame, class_columns, misclassified
+from plantlib.evaluation.metrics import arrays_from_predictions, check_predictions_frame, class_columns, misclassified
 from plantlib.io import atomic_write
 
 _THUMBNAIL_PIXELS = 256  # longest side kept in memory per grid tile: plenty for a 2-inch tile
@@ -457,7 +457,7 @@ def static_prediction_gallery(
 
     One row per non-empty group, so an HTML report shows what the browser would without a kernel. Frames without
     true labels are grouped by predicted class. Relative paths are resolved against `root`. With `heatmap`
-    (e.g. `plantlib.explain.overlay_function(loaded)`) each tile shows the image under its heat-map overlay.
+    (e.g. `plantlib.inference.explain.overlay_function(loaded)`) each tile shows the image under its heat-map overlay.
     """
     if per_group < 1:
         raise ValueError(f"per_group must be at least 1; got {per_group}")

@@ -19,7 +19,7 @@ from plantlib.data import DecodedImageCache
 from plantlib.data.dataset import resize_side
 from plantlib.data.split import EXCLUDED
 from plantlib.errors import ConfigError
-from plantlib.inference import LoadedModel, Predictor, load_model
+from plantlib.inference.predictor import LoadedModel, Predictor, load_model
 from plantlib.runs import is_cv_dir
 
 

@@ -16,7 +16,7 @@ from plantlib.children import owned_process_group
 from plantlib.config import RunConfig
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.runs import new_run_dir
-from plantlib.train import TrainingResult, result_from_run_dir
+from plantlib.training.trainer import TrainingResult, result_from_run_dir
 
 TORCHRUN_GRACE_S = 15.0  # torchrun passes a stop signal on to its workers and waits for them
 

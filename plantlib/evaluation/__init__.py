@@ -1,0 +1,1 @@
+"""Results: predictions to metrics with intervals and calibration (`metrics`), and every figure (`plots`)."""
