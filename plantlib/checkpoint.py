@@ -16,11 +16,10 @@ import torch
 
 from plantlib.errors import PlantlibError
 from plantlib.io import atomic_path
+from plantlib.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 CHECKPOINT_FORMAT = "plantlib-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: model shape from the saved config only (1 also had top-level backbone/head/bn_folded)
-BEST_CHECKPOINT = "best.pt"  # the weights of the best epoch by the monitored metric
-LAST_CHECKPOINT = "last.pt"  # everything needed to resume after the last finished epoch
 
 
 class CheckpointError(PlantlibError):
