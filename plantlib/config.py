@@ -41,9 +41,13 @@ DATA_FIELDS = (
 )
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with a help text (used by the CLI's --help)."""
-    return field(default=default, metadata={"help": help})
+RECIPE = "recipe"  # decides the result: data, split, model, schedule, augmentation, seeds
+EXECUTION = "execution"  # decides how and where it runs: device, precision, workers, memory, output, tracking
+
+
+def option(default: Any, help: str, role: str = RECIPE) -> Any:
+    """A config field with a help text (used by the CLI's --help) and its role: recipe or execution."""
+    return field(default=default, metadata={"help": help, "role": role})
 
 
 @dataclass
@@ -100,29 +104,39 @@ class RunConfig:
     # execution
     seed: int = option(42, "fixes initialisation, augmentation and batch order (and the split unless split_seed)")
     split_seed: int | None = option(None, "fixes the split and cross-validation folds; None: seed")
-    device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'")
-    precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)")
+    device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'", role=EXECUTION)
+    precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)", role=EXECUTION)
     num_workers: int | None = option(
-        None, "DataLoader worker processes; None: 0 on the CPU (decoded images are cached), up to 8 with a GPU"
+        None,
+        "DataLoader worker processes; None: 0 on the CPU (decoded images are cached), up to 8 with a GPU",
+        role=EXECUTION,
     )
     sync_bn: bool = option(False, "SyncBatchNorm across processes for BatchNorm layers that train (DDP on CUDA)")
     dist_timeout_s: float = option(
-        600.0, "seconds a distributed collective waits for the other processes before the job fails"
+        600.0, "seconds a distributed collective waits for the other processes before the job fails", role=EXECUTION
     )
     cache_memory_mb: float = option(
-        1024.0, "memory for decoded images; beyond it they are kept in a temporary file in artifacts/cache"
+        1024.0,
+        "memory for decoded images; beyond it they are kept in a temporary file in artifacts/cache",
+        role=EXECUTION,
     )
-    output_dir: str | None = option(None, "where run directories go; None: artifacts/runs")
+    output_dir: str | None = option(None, "where run directories go; None: artifacts/runs", role=EXECUTION)
     # tracking (plantlib.experiments.tracking)
-    tracking: str = option("auto", "'auto' (MLflow when installed; $PLANTLIB_TRACKING may say on/off), 'on' or 'off'")
-    tracking_uri: str | None = option(
-        None, "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else the project's store artifacts/mlflow.db"
+    tracking: str = option(
+        "auto", "'auto' (MLflow when installed; $PLANTLIB_TRACKING may say on/off), 'on' or 'off'", role=EXECUTION
     )
-    experiment: str = option("plantlib", "MLflow experiment the run is recorded in")
+    tracking_uri: str | None = option(
+        None,
+        "MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else the project's store artifacts/mlflow.db",
+        role=EXECUTION,
+    )
+    experiment: str = option("plantlib", "MLflow experiment the run is recorded in", role=EXECUTION)
     tracking_parent: str | None = option(None, "MLflow run id this run is nested under (a comparison, CV, a sweep)")
     fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
     max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes recorded with the run"})
+    extra: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "free-form notes recorded with the run", "role": EXECUTION}
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -150,6 +164,14 @@ class RunConfig:
     def from_json(cls, path: Path) -> RunConfig:
         """A config file (JSON; YAML when it ends in .yaml or .yml), read by `read_config_file`."""
         return cls.from_dict(read_config_file(path))
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that decide the result (what comparisons name and content keys hash)."""
+        return {name: value for name, value in self.to_dict().items() if name in RECIPE_FIELDS}
+
+    def execution(self) -> dict[str, Any]:
+        """The fields that decide how and where the run executes, not what it learns."""
+        return {name: value for name, value in self.to_dict().items() if name not in RECIPE_FIELDS}
 
     @property
     def effective_split_seed(self) -> int:
@@ -230,6 +252,10 @@ def _describe(value: Any, syntax: str) -> str:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
+
+
+RECIPE_FIELDS = tuple(f.name for f in fields(RunConfig) if f.metadata["role"] == RECIPE)
+EXECUTION_FIELDS = tuple(f.name for f in fields(RunConfig) if f.metadata["role"] == EXECUTION)
 
 
 def check_known_names(values: dict[str, Any]) -> None:
