@@ -13,12 +13,15 @@ import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plantlib.children import Stopped
 from plantlib.config import DATA_FIELDS, ENGINES, RunConfig, field_names, parse_config_text, read_config_file
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.paths import use_project_tool_caches
+
+if TYPE_CHECKING:
+    from plantlib.training.trainer import Callback, Trainer, TrainingResult
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -57,9 +60,9 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from plantlib.distributed import launched_by_torchrun, shutdown
-    from plantlib.evaluation.metrics import format_metrics
-    from plantlib.training.trainer import Trainer, resumable_config
+    from plantlib.experiments import tracking_callbacks
+    from plantlib.training.launch import train_here_or_launched
+    from plantlib.training.trainer import resumable_config
 
     overrides = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     if args.resume and overrides:
@@ -69,29 +72,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from plantlib.experiments.store import registered_model_name
 
         args.register = registered_model_name(args.register)
-    if args.nproc > 1 and not launched_by_torchrun():
-        from plantlib.training.launch import run_torchrun, start_run
-
-        run_torchrun(args.resume or start_run(config), args.nproc)
-        return 0
-    from plantlib.experiments import tracking_callbacks
-
-    callbacks = tracking_callbacks(config)
-    trainer = Trainer.resume(args.resume, callbacks) if args.resume else Trainer(config, callbacks=callbacks)
-    try:
-        result = trainer.fit()
-    finally:
-        shutdown()
-    if trainer.is_main_process:
-        print(f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)")
-        if result.test_metrics:
-            print("test split: " + format_metrics(result.test_metrics))
-        tracking = trainer.annotations.get("tracking")
-        if tracking:
-            print(f"MLflow run {tracking.get('run_id')} ({tracking.get('status')}) in {tracking.get('uri')}")
-        if args.register:
-            _register(result.run_dir, args.register)
+    callbacks = [*tracking_callbacks(config), _train_summary(args.register)]
+    register_args = ["--register", args.register] if args.register else []  # for a torchrun job's own rank 0
+    train_here_or_launched(config, args.nproc, callbacks, resume=args.resume, train_args=register_args)
     return 0
+
+
+def _train_summary(register: str | None) -> Callback:
+    """A callback: rank 0 prints where the finished run is, its test metrics and where it is tracked, then
+    registers it as a version of model `register` (when given)."""
+    from plantlib.evaluation.metrics import format_metrics
+    from plantlib.training.trainer import Callback
+
+    class TrainSummary(Callback):
+        def on_fit_end(self, trainer: Trainer, result: TrainingResult) -> None:
+            if not trainer.is_main_process:
+                return
+            print(
+                f"\nrun directory: {result.run_dir}  (best epoch {result.best_epoch}, {result.seconds:.0f}s training)"
+            )
+            if result.test_metrics:
+                print("test split: " + format_metrics(result.test_metrics))
+            tracking = trainer.annotations.get("tracking")
+            if tracking:
+                print(f"MLflow run {tracking.get('run_id')} ({tracking.get('status')}) in {tracking.get('uri')}")
+            if register:
+                _register(result.run_dir, register)
+
+    return TrainSummary()
 
 
 def _register(run: Path, name: str) -> None:

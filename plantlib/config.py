@@ -28,6 +28,9 @@ TRACKING_MODES = ("auto", "on", "off")
 ENGINES = ("auto", "torch", "openvino")  # inference runtimes, see plantlib.inference.engine
 CONFIG_EXAMPLE = '{"epochs": 3}'
 CONFIG_SHAPE = f"a config file must hold one object mapping field names to values, e.g. {CONFIG_EXAMPLE}"
+# Fields of earlier versions that config.json files may still hold; read and dropped without a word.
+# tracking_parent: the MLflow run a run is nested under is context, passed to `tracking_callbacks`.
+LEGACY_FIELDS = ("tracking_parent",)
 # The fields that decide which images a run sees and how they are split (`plantlib scan` takes these).
 DATA_FIELDS = (
     "split_seed",
@@ -52,9 +55,12 @@ def option(default: Any, help: str, role: str = RECIPE) -> Any:
 
 @dataclass
 class RunConfig:
-    """Everything that decides the outcome of a run; saved as `config.json` in its run directory."""
+    """Everything that decides the outcome of a run; saved as `config.json` in its run directory.
 
-    # data
+    The recipe's fields come first, then the execution fields (`option(..., role=EXECUTION)`).
+    """
+
+    # recipe: data
     data_dir: str | None = option(None, "folder with one sub-folder per class; None: the built-in dataset")
     split_file: str | None = option(None, "split CSV to use; None: data/splits/<dataset>-seed<seed>-....csv")
     new_split: bool = option(False, "make a fresh split even when a split file exists")
@@ -62,18 +68,18 @@ class RunConfig:
     test_fraction: float = option(0.15, "share of each class held out for the final test")
     near_duplicate_distance: int = option(6, "max Hamming distance of 64-bit perceptual hashes that groups images")
     image_size: int = option(224, "side of the square input images in pixels")
-    # model
+    # recipe: model
     backbone: str = option(
         "efficientnet_lite0", "pretrained feature extractor (see `plantlib.models.backbones.backbone_names()`)"
     )
     pretrained: bool = option(True, "start from ImageNet weights")
     head: str = option("mlp", "'mlp': Dropout-512-BN-128-BN head; 'linear': one Linear layer")
     dropout: float = option(0.5, "dropout before the head's first layer")
-    # training
+    # recipe: training
     finetune: str = option("full", "'full', 'head' (frozen backbone) or 'two_stage' (head first, then everything)")
     head_epochs: int = option(2, "epochs of the head-only stage when finetune='two_stage'")
     freeze_bn: bool = option(
-        True, "keep the backbone's BatchNorm statistics fixed while fine-tuning (folded into the convolutions)"
+        True, "keep the backbone's BatchNorm statistics fixed while fine-tuning (fused into the convolutions)"
     )
     frozen_blocks: int | None = option(
         None,
@@ -101,9 +107,14 @@ class RunConfig:
     )
     early_stopping_monitor: str = option("val_loss", "'val_loss' or 'val_accuracy'")
     early_stopping_min_delta: float = option(0.0, "smallest change that counts as an improvement")
-    # execution
+    sync_bn: bool = option(False, "SyncBatchNorm across processes for BatchNorm layers that train (DDP on CUDA)")
+    # recipe: seeds
     seed: int = option(42, "fixes initialisation, augmentation and batch order (and the split unless split_seed)")
     split_seed: int | None = option(None, "fixes the split and cross-validation folds; None: seed")
+    # recipe: length of smoke runs and tests
+    fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
+    max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
+    # execution: device, processes, memory, output
     device: str = option("auto", "'auto', 'cpu', 'cuda[:N]' or 'mps'", role=EXECUTION)
     precision: str = option("auto", "'auto', 'fp32', 'bf16' or 'fp16' (autocast)", role=EXECUTION)
     num_workers: int | None = option(
@@ -111,7 +122,6 @@ class RunConfig:
         "DataLoader worker processes; None: 0 on the CPU (decoded images are cached), up to 8 with a GPU",
         role=EXECUTION,
     )
-    sync_bn: bool = option(False, "SyncBatchNorm across processes for BatchNorm layers that train (DDP on CUDA)")
     dist_timeout_s: float = option(
         600.0, "seconds a distributed collective waits for the other processes before the job fails", role=EXECUTION
     )
@@ -121,7 +131,7 @@ class RunConfig:
         role=EXECUTION,
     )
     output_dir: str | None = option(None, "where run directories go; None: artifacts/runs", role=EXECUTION)
-    # tracking (plantlib.experiments.tracking)
+    # execution: tracking (plantlib.experiments.tracking) and notes
     tracking: str = option(
         "auto", "'auto' (MLflow when installed; $PLANTLIB_TRACKING may say on/off), 'on' or 'off'", role=EXECUTION
     )
@@ -131,9 +141,6 @@ class RunConfig:
         role=EXECUTION,
     )
     experiment: str = option("plantlib", "MLflow experiment the run is recorded in", role=EXECUTION)
-    tracking_parent: str | None = option(None, "MLflow run id this run is nested under (a comparison, CV, a sweep)")
-    fast: bool = option(False, "smoke run: 1 epoch of 2 batches")
-    max_batches: int | None = option(None, "cap on batches per epoch (tests, smoke runs)")
     extra: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "free-form notes recorded with the run", "role": EXECUTION}
     )
@@ -151,12 +158,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a mapping; an unknown key is an error that suggests the closest valid name."""
+        """Build from a mapping; an unknown key is an error that suggests the closest valid name (a field of an
+        earlier version, `LEGACY_FIELDS`, is dropped)."""
         if not isinstance(values, dict):
             raise ConfigError(
                 f"a config is one mapping of field names to values, e.g. {CONFIG_EXAMPLE}; "
                 f"got a {type(values).__name__}"
             )
+        values = {name: value for name, value in values.items() if name not in LEGACY_FIELDS}
         check_known_names(values)
         return cls(**values)
 
@@ -308,6 +317,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_values(c: RunConfig) -> None:
+    """Every value in its allowed range; the first bad one (choices, data, training, then the rest) is the error."""
+    _check_choices(c)
+    _check_data(c)
+    _check_training(c)
+    _check_run(c)
+
+
+def _check_choices(c: RunConfig) -> None:
     from plantlib.models.backbones import HEADS, get_spec  # the registry and the heads live with the models
 
     get_spec(c.backbone)  # "unknown backbone 'x'; choose one of: ..."
@@ -320,6 +337,9 @@ def _check_values(c: RunConfig) -> None:
     _check_choice("precision", c.precision, PRECISIONS)
     _check_choice("tracking", c.tracking, TRACKING_MODES)
     _require(bool(c.experiment.strip()), "experiment", c.experiment, "name an MLflow experiment, e.g. 'plantlib'")
+
+
+def _check_data(c: RunConfig) -> None:
     for name in ("val_fraction", "test_fraction"):
         value = getattr(c, name)
         _require(0.0 < value < 1.0, name, value, "use a fraction between 0 and 1 (exclusive)")
@@ -337,6 +357,9 @@ def _check_values(c: RunConfig) -> None:
         "use 0 (exact perceptual match) to 32",
     )
     _require(c.image_size >= 32, "image_size", c.image_size, "use 32 pixels or more (224 is the default)")
+
+
+def _check_training(c: RunConfig) -> None:
     _require(c.epochs >= 1, "epochs", c.epochs, "use 1 or more")
     _require(c.head_epochs >= 0, "head_epochs", c.head_epochs, "use 0 or more")
     _require(
@@ -367,6 +390,10 @@ def _check_values(c: RunConfig) -> None:
         c.early_stopping_min_delta,
         "use 0 or more",
     )
+
+
+def _check_run(c: RunConfig) -> None:
+    """Execution, run length and seeds."""
     _require(c.num_workers is None or c.num_workers >= 0, "num_workers", c.num_workers, "use 0 or more, or None")
     _require(c.dist_timeout_s > 0, "dist_timeout_s", c.dist_timeout_s, "use a positive number of seconds")
     _require(c.cache_memory_mb >= 0, "cache_memory_mb", c.cache_memory_mb, "use 0 (all on disk) or more")

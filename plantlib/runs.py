@@ -28,6 +28,7 @@ TRACKING_FILE = "tracking.json"  # where the run is tracked, written as soon as 
 SPLIT_FILE = "split.csv"  # a cross-validation fold's own split
 BEST_CHECKPOINT = "best.pt"  # the weights of the best epoch by the monitored metric
 LAST_CHECKPOINT = "last.pt"  # everything needed to resume after the last finished epoch
+FIGURES_DIR = "figures"  # the run's plots (history, confusion matrix, ...), uploaded with it when tracked
 RUN_FILES = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE)  # what a tracked run uploads
 CV_FILE = "cv.json"  # marks a cross-validation directory: status, settings and the config its folds train
 FOLDS_FILE = "folds.csv"  # a cross-validation's fold assignment, per repeat
@@ -96,6 +97,10 @@ class RunDir:
     @property
     def split_file(self) -> Path:
         return self.path / SPLIT_FILE
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / FIGURES_DIR
 
     @property
     def best_checkpoint(self) -> Path:

@@ -76,6 +76,25 @@ def test_predict_writes_one_row_per_readable_image(trained_run: Path, tmp_path: 
     assert ((frame["p_ant"] + frame["p_bee"]) - 1).abs().max() < 1e-6
 
 
+def test_train_prints_where_the_run_is_tracked_and_registers_it(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", {"ant": 10, "bee": 10})
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(
+        "train", "--data-dir", str(data), "--output-dir", str(tmp_path / "runs"), "--backbone", "resnet18",
+        "--no-pretrained", "--epochs", "1", "--image-size", "48", "--batch-size", "8", "--num-workers", "0",
+        "--tracking", "on", "--tracking-uri", store, "--register", " ant-bee ",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    lines = result.stdout.splitlines()
+    summary = lines[lines.index(next(line for line in lines if line.startswith("run directory: "))) :]
+    assert summary[0].startswith(f"run directory: {run}  (best epoch 1, ")
+    assert summary[1].startswith("test split: accuracy")
+    run_id = json.loads((run / "tracking.json").read_text())["run_id"]
+    assert f"MLflow run {run_id} (tracked) in {store}" in summary
+    assert summary[-1] == f"registered {run} as ant-bee version 1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,8 +1,9 @@
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from plantlib.config import RunConfig
+from plantlib.config import EXECUTION, RECIPE, RunConfig, field_names
 from plantlib.errors import ConfigError
 
 
@@ -28,11 +29,26 @@ def test_unknown_field_suggests_the_closest_name() -> None:
         ({"val_fraction": 0.6, "test_fraction": 0.5}, r"val_fraction \+ test_fraction=1.1"),
         ({"epochs": "10"}, r"epochs='10' has type str; expected int"),
         ({"pretrained": 1}, r"pretrained=1 has type int; expected bool"),
+        ({"near_duplicate_distance": 40}, r"near_duplicate_distance=40 is not allowed; use 0 .* to 32"),
+        ({"num_workers": -1}, r"num_workers=-1 is not allowed; use 0 or more, or None"),
+        ({"split_seed": -2}, r"split_seed=-2 is not allowed"),
+        ({"epochs": 0, "seed": -1, "head": "conv"}, r"head='conv' is not allowed"),  # choices are checked first
+        ({"epochs": 0, "num_workers": -1}, r"epochs=0 is not allowed"),  # then data, training, the rest
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig(**changes)
+
+
+def test_recipe_fields_come_first_and_execution_fields_last() -> None:
+    """Field order is the order of config.json's keys and of the CLI's flags: what decides the result first."""
+    roles = [item.metadata["role"] for item in fields(RunConfig)]
+    assert set(roles) == {RECIPE, EXECUTION}
+    assert roles == sorted(roles, key=[RECIPE, EXECUTION].index)
+    recipe = [name for name, role in zip(field_names(), roles, strict=True) if role == RECIPE]
+    assert {"seed", "split_seed", "fast", "max_batches", "sync_bn"} <= set(recipe)
+    assert {"device", "output_dir", "tracking", "extra"}.isdisjoint(recipe)
 
 
 def test_replace_validates_again() -> None:

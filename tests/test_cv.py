@@ -343,3 +343,6 @@ def test_configurations_are_named_by_the_recipe_fields_that_differ_from_the_defa
     assert configuration_name(config, Path("cv/a")) == "efficientnet_lite0, mixup_alpha=0.2 (a)"
     many = {"backbone": "b", "dropout": 0.3, "epochs": 2, "seed": 1, "head": "linear"}
     assert configuration_name(many, Path("x")).endswith(" … (x)")
+    # Where and how it ran says nothing about the recipe; nor does a field of an earlier version.
+    executed = {"backbone": "b", "device": "cpu", "cache_memory_mb": 1.0, "extra": {"trial": 3}, "tracking_parent": "x"}
+    assert configuration_name({**executed, "dropout": 0.3}, Path("y")) == "b, dropout=0.3 (y)"

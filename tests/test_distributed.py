@@ -82,11 +82,15 @@ def test_two_process_run_writes_one_run_dir_whose_checkpoint_matches_single_proc
     data_dir: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    done = run_cli("train", "--nproc", "2", *_train_flags(data_dir, runs, epochs=2))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = ["--tracking", "on", "--tracking-uri", store, "--register", "ant-bee"]
+    done = run_cli("train", "--nproc", "2", *_train_flags(data_dir, runs, epochs=2), *tracked)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "distributed: 2 processes (gloo), global batch 8 = 4 per process" in done.stdout
     assert done.stdout.count("epoch 2/2 ") == 1  # rank 0 alone logs
     [run] = list_runs(runs)
+    assert done.stdout.count(f"run directory: {run}  (best epoch ") == 1  # and prints the summary once
+    assert done.stdout.count(f"registered {run} as ant-bee version 1") == 1  # --register reaches rank 0
     info = read_run_info(run)
     assert info["status"] == "finished" and info["distributed"]["world_size"] == 2
     assert info["distributed"]["per_process_batch_size"] == 4 and info["distributed"]["global_batch_size"] == 8
@@ -126,7 +130,7 @@ def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
         len(payload["class_names"]),
         pretrained=False,
         head=saved["head"],
-        fuse_bn=saved["freeze_bn"] or saved["finetune"] == "head",  # fixed BatchNorm is saved folded
+        fuse_bn=saved["freeze_bn"] or saved["finetune"] == "head",  # fixed BatchNorm is saved fused
     )
     model.load_state_dict(payload["model"])
     model.eval()

@@ -8,8 +8,8 @@ import torch
 
 from plantlib.data.dataset import eval_transform
 from plantlib.errors import ConfigError
+from plantlib.inference import engine as engine_module
 from plantlib.inference.engine import OpenVinoClassifier, compile_for_inference
-from plantlib.inference.predictor import engine as engine_module
 from plantlib.inference.predictor import evaluate_split, load_model, predict_files
 from plantlib.models.backbones import build_model, normalization_for
 from plantlib.runtime import torch_threads

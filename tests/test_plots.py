@@ -204,29 +204,6 @@ def test_tensor_grid_unnormalises_images() -> None:
         plots.plot_tensor_grid(torch.rand(3, 8, 8), mean, std)
 
 
-def test_backbone_comparison() -> None:
-    table = pd.DataFrame(
-        {
-            "backbone": ["resnet18", "efficientnet_lite0", "mobilenet_v3"],
-            "accuracy": [0.95, 0.97, 0.93],
-            "accuracy_ci_low": [0.90, 0.93, 0.88],
-            "accuracy_ci_high": [0.98, 0.99, 0.97],
-            "f1": [0.95, 0.97, 0.92],
-            "train_seconds": [120.0, 150.0, 90.0],
-            "infer_ms_per_image": [4.0, 6.5, 2.1],
-            "params_millions": [11.2, 4.7, 2.5],
-        }
-    )
-    fig = plots.plot_backbone_comparison(table)
-    bar_ax, cost_ax = fig.axes
-    assert len(bar_ax.patches) == 6
-    assert bar_ax.get_xticklabels()[0].get_text() == "efficientnet_lite0"
-    assert sum("resnet18" in t.get_text() for t in cost_ax.texts) == 1
-    render(fig)
-    with pytest.raises(ValueError, match="params_millions"):
-        plots.plot_backbone_comparison(table.drop(columns="params_millions"))
-
-
 def test_save_figure_writes_png_and_closes(tmp_path) -> None:
     fig = plots.plot_class_counts({"a": 1, "b": 2})
     path = plots.save_figure(fig, tmp_path / "figs" / "counts.png")

@@ -20,7 +20,14 @@ import requests
 
 from plantlib.data import DecodedImageCache, eval_transform
 from plantlib.data.dataset import resize_side
-from plantlib.experiments.tracking import MlflowTracking, flatten_config, tracking_callbacks
+from plantlib.experiments.mlflow_store import PARENT_TAG, MlflowStore
+from plantlib.experiments.tracking import (
+    MlflowTracking,
+    ParentRun,
+    flatten_config,
+    metric_values,
+    tracking_callbacks,
+)
 from plantlib.inference.predictor import load_model
 from plantlib.runs import list_runs, read_run_info
 from plantlib.training.trainer import Trainer
@@ -235,6 +242,43 @@ def test_without_mlflow_tracking_is_off_with_an_install_hint(monkeypatch: pytest
     monkeypatch.setattr(tracking, "mlflow_available", lambda: True)
     [callback] = tracking_callbacks(config)
     assert isinstance(callback, MlflowTracking) and callback.uri.endswith("artifacts/mlflow.db")
+
+
+def test_group_runs_nest_under_the_run_they_are_given_and_log_through_the_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tiny_config(tmp_path, tmp_path / "runs", tracking="on", tracking_uri=uri)
+    (tmp_path / "note.txt").write_text("hello")
+    pooled = {"n": 10, "accuracy": 0.9, "roc_auc": None, "ci95": {"accuracy": [0.5, 0.99], "ece": None}}
+    with (
+        ParentRun(config, "outer", {"folds": 3}) as outer,
+        ParentRun(config, "inner", tags={"backbone": "resnet18"}, parent_run_id=outer.run_id) as inner,
+    ):
+        inner.log_metrics(metric_values(pooled, "cv"))
+        inner.log_file(tmp_path / "note.txt")
+    _, found = MlflowStore(uri, config.experiment).search_runs()
+    runs = {run.info.run_name: run for run in found}
+    assert runs["inner"].data.tags[PARENT_TAG] == outer.run_id and PARENT_TAG not in runs["outer"].data.tags
+    assert runs["inner"].data.tags["kind"] == "group" and runs["outer"].data.params == {"folds": "3"}
+    assert runs["inner"].data.metrics == {
+        "cv_n": 10.0,
+        "cv_accuracy": 0.9,
+        "cv_accuracy_ci_low": 0.5,
+        "cv_accuracy_ci_high": 0.99,
+    }
+    assert runs["inner"].info.status == runs["outer"].info.status == "FINISHED"
+    assert artifact_paths(uri, inner.run_id) == {"note.txt"}
+
+
+def test_the_parent_run_is_context_and_an_earlier_configs_tracking_parent_still_loads(tmp_path: Path) -> None:
+    from plantlib.config import RunConfig
+    from plantlib.errors import ConfigError
+
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 2, "tracking_parent": "abc"}))
+    assert RunConfig.from_json(tmp_path / "config.json") == RunConfig(epochs=2)
+    with pytest.raises(ConfigError, match="unknown config field 'tracking_parent'"):
+        RunConfig().replace(tracking_parent="abc")
+    [callback] = tracking_callbacks(RunConfig(tracking="on"), parent_run_id="abc")
+    assert isinstance(callback, MlflowTracking) and callback.parent_run_id == "abc"
 
 
 def test_export_matches_predict_and_the_card_names_the_run_metrics(data_dir: Path, tmp_path: Path) -> None:

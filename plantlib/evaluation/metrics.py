@@ -2,13 +2,13 @@
 
 Everything here works on plain arrays (labels as class indices, probabilities as an (N, C) array) so the
 trainer, the CLI and the notebooks share one definition of every number they print. It owns the intervals:
-`proportion_ci` for any proportion (accuracy), a seeded bootstrap where no closed form exists (macro F1, log loss,
-ECE), and `PROBABILITY_CLIP`, the one clip every log loss applies.
+`proportion_ci` for any proportion (accuracy), one seeded bootstrap (`bootstrap_resamples`) where no closed form
+exists (macro F1, log loss, ECE), and `PROBABILITY_CLIP`, the one clip every log loss applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from sklearn.metrics import (
 )
 
 from plantlib.io import atomic_path, atomic_write, write_json
+from plantlib.runs import evaluation_names
 from plantlib.runtime import maybe_autocast
 
 # Rows must sum to one within this before metrics trust them; anything further off is probably logits.
@@ -204,6 +205,20 @@ def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean(scores))
 
 
+def bootstrap_resamples(n: int, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap every interval here uses: `n_bootstrap` seeded resamples of n images drawn with replacement,
+    as (resamples, n) index arrays in chunks small enough to keep memory low for large test sets."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
+    for start in range(0, n_bootstrap, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
+
+
+def _percentile_interval(values: list[np.ndarray]) -> list[float]:
+    """The 95% percentile interval of a bootstrap's statistics."""
+    return [float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5])]
+
+
 def _bootstrap_f1_ci(
     y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_bootstrap: int, seed: int
 ) -> dict[str, list[float] | None]:
@@ -216,23 +231,19 @@ def _bootstrap_f1_ci(
     """
     if n_bootstrap < 1:
         return {"f1_macro": None}
-    n = len(y_true)
     cells = n_classes * n_classes
     code = y_true * n_classes + y_pred
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
     f1_macro = []
-    for start in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - start)
-        picks = code[rng.integers(0, n, size=(size, n))]
-        flat = (picks + (np.arange(size) * cells)[:, None]).ravel()
+    for picks in bootstrap_resamples(len(y_true), n_bootstrap, seed):
+        size = len(picks)
+        flat = (code[picks] + (np.arange(size) * cells)[:, None]).ravel()
         matrices = np.bincount(flat, minlength=size * cells).reshape(size, n_classes, n_classes)
         tp = np.diagonal(matrices, axis1=1, axis2=2).astype(np.float64)
         denominator = matrices.sum(axis=1) + matrices.sum(axis=2)  # predicted + true = 2tp + fp + fn
         seen = denominator > 0
         f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=seen)
         f1_macro.append(f1.sum(axis=1) / seen.sum(axis=1))
-    return {"f1_macro": [float(x) for x in np.percentile(np.concatenate(f1_macro), [2.5, 97.5])]}
+    return {"f1_macro": _percentile_interval(f1_macro)}
 
 
 def _bootstrap_probability_ci(
@@ -255,20 +266,14 @@ def _bootstrap_probability_ci(
     gap = (probs.argmax(axis=1) == y_true).astype(np.float64) - confidence
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
-    rng = np.random.default_rng(seed + 1)
-    chunk = max(1, _BOOTSTRAP_CELLS_PER_CHUNK // n)
     log_losses, eces = [], []
-    for start in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - start)
-        picks = rng.integers(0, n, size=(size, n))
+    for picks in bootstrap_resamples(n, n_bootstrap, seed + 1):
+        size = len(picks)
         log_losses.append(losses[picks].mean(axis=1))
         flat = (which[picks] + (np.arange(size) * n_bins)[:, None]).ravel()
         sums = np.bincount(flat, weights=gap[picks].ravel(), minlength=size * n_bins).reshape(size, n_bins)
         eces.append(np.abs(sums).sum(axis=1) / n)
-    return {
-        name: [float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5])]
-        for name, values in (("log_loss", log_losses), ("ece", eces))
-    }
+    return {"log_loss": _percentile_interval(log_losses), "ece": _percentile_interval(eces)}
 
 
 def compute_metrics(
@@ -289,52 +294,69 @@ def compute_metrics(
     nothing about them.
     """
     y_true, probs = _check_inputs(y_true, probs, class_names)
-    n_classes = len(class_names)
-    labels = list(range(n_classes))
+    labels = list(range(len(class_names)))
     y_pred = probs.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
-    )
-    # Macro averages cover the classes seen in y_true or the predictions (sklearn's default label set):
-    # a class that never occurs says nothing about the model and would otherwise count as an F1 of 0.
-    seen = np.isin(labels, np.union1d(y_true, y_pred))
-    matrix = confusion_matrix(y_true, y_pred, labels=labels)
-    row_totals = matrix.sum(axis=1, keepdims=True)
-    normalized = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
     ece, reliability = expected_calibration_error(y_true, probs)
-    correct = int(np.sum(y_pred == y_true))
     return {
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "precision": float(np.mean(precision[seen])),
-        "recall": float(np.mean(recall[seen])),
-        "f1": float(np.mean(f1[seen])),
-        "per_class": {
-            name: {
-                "precision": float(precision[k]),
-                "recall": float(recall[k]),
-                "f1": float(f1[k]),
-                "support": int(support[k]),
-            }
-            for k, name in enumerate(class_names)
-        },
+        **_class_scores(y_true, y_pred, class_names),
         "roc_auc": _roc_auc(y_true, probs),
-        "confusion_matrix": matrix.astype(int).tolist(),
-        "confusion_matrix_normalized": normalized.tolist(),
+        **_confusion_matrices(y_true, y_pred, labels),
         "classification_report": classification_report(
             y_true, y_pred, labels=labels, target_names=list(class_names), digits=3, zero_division=0
         ),
-        "ci95": {"accuracy": list(proportion_ci(correct, len(y_true)))}
-        | _bootstrap_f1_ci(y_true, y_pred, n_classes, n_bootstrap, seed)
-        | _bootstrap_probability_ci(y_true, probs, n_bootstrap, seed),
+        "ci95": _intervals(y_true, y_pred, probs, n_bootstrap, seed),
         "ci95_method": dict(CI95_METHODS),
         "bootstrap": {"resamples": int(n_bootstrap), "seed": int(seed)},
         "ece": ece,
         "reliability": reliability,
         "log_loss": float(log_loss(y_true, clip_probabilities(probs), labels=labels)),
         "class_names": list(class_names),
-        "absent_classes": [name for k, name in enumerate(class_names) if support[k] == 0],
+        "absent_classes": [name for k, name in enumerate(class_names) if not np.any(y_true == k)],
     }
+
+
+def _class_scores(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Macro precision, recall and F1, and each class's own with its support."""
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    # Macro averages cover the classes seen in y_true or the predictions (sklearn's default label set):
+    # a class that never occurs says nothing about the model and would otherwise count as an F1 of 0.
+    seen = np.isin(labels, np.union1d(y_true, y_pred))
+    per_class = {
+        name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k])}
+        | {"support": int(support[k])}
+        for k, name in enumerate(class_names)
+    }
+    return {
+        "precision": float(np.mean(precision[seen])),
+        "recall": float(np.mean(recall[seen])),
+        "f1": float(np.mean(f1[seen])),
+        "per_class": per_class,
+    }
+
+
+def _confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int]) -> dict[str, list]:
+    """The confusion matrix (rows: true class) and its row-normalised form (zeros for a class with no image)."""
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    normalized = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
+    return {"confusion_matrix": matrix.astype(int).tolist(), "confusion_matrix_normalized": normalized.tolist()}
+
+
+def _intervals(
+    y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, n_bootstrap: int, seed: int
+) -> dict[str, list[float] | None]:
+    """`ci95`: the exact interval of accuracy, the bootstrap ones of macro F1, log loss and ECE."""
+    correct = int(np.sum(y_pred == y_true))
+    return (
+        {"accuracy": list(proportion_ci(correct, len(y_true)))}
+        | _bootstrap_f1_ci(y_true, y_pred, probs.shape[1], n_bootstrap, seed)
+        | _bootstrap_probability_ci(y_true, probs, n_bootstrap, seed)
+    )
 
 
 def predictions_frame(
@@ -397,11 +419,8 @@ def save_evaluation(out_dir: Path, metrics: dict, frame: pd.DataFrame, prefix: s
     write (a file name that cannot be encoded, a full disk) leaves no metrics without their predictions.
     A run's test split uses no prefix (`metrics.json`); other splits are named, e.g. `val_metrics.json`.
     """
-    out_dir = Path(out_dir)
-    paths = {
-        "metrics": out_dir / f"{prefix + '_' if prefix else ''}metrics.json",
-        "predictions": out_dir / f"{prefix + '_' if prefix else ''}predictions.csv",
-    }
+    metrics_name, predictions_name = evaluation_names(prefix)
+    paths = {"metrics": Path(out_dir) / metrics_name, "predictions": Path(out_dir) / predictions_name}
     with atomic_path(paths["metrics"]) as metrics_tmp:
         write_json(metrics_tmp, metrics)
         atomic_write(paths["predictions"], lambda handle: frame.to_csv(handle, index=False))

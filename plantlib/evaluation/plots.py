@@ -388,65 +388,6 @@ def plot_tensor_grid(
     return fig
 
 
-def plot_backbone_comparison(table: pd.DataFrame) -> Figure:
-    """Accuracy (95% CI) and F1 per backbone, and accuracy against inference cost (point size = parameters)."""
-    required = [
-        "backbone",
-        "accuracy",
-        "accuracy_ci_low",
-        "accuracy_ci_high",
-        "f1",
-        "infer_ms_per_image",
-        "params_millions",
-    ]
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise ValueError(f"comparison table is missing columns {missing}; expected {required}")
-    if table.empty:
-        return message_figure("no backbones to compare")
-    rows = table.sort_values("accuracy", ascending=False).reset_index(drop=True)
-    x = np.arange(len(rows))
-    errors = np.vstack(
-        [
-            (rows["accuracy"] - rows["accuracy_ci_low"]).clip(lower=0),
-            (rows["accuracy_ci_high"] - rows["accuracy"]).clip(lower=0),
-        ]
-    )
-    errors = np.nan_to_num(errors.astype(np.float64))
-    fig, (bar_ax, cost_ax) = plt.subplots(1, 2, figsize=(max(10.0, 4 + 1.6 * len(rows)), 4.5), layout="constrained")
-    width = 0.38
-    bar_ax.bar(x - width / 2, rows["accuracy"], width, yerr=errors, capsize=4, label="accuracy (95% CI)")
-    bar_ax.bar(x + width / 2, rows["f1"], width, label="macro F1")
-    bar_ax.set_xticks(x, rows["backbone"], rotation=20 if len(rows) > 3 else 0)
-    bar_ax.set(ylim=(0, 1.18), ylabel="score", title="test accuracy and F1")
-    bar_ax.legend(loc="upper center", ncols=2, fontsize=8)
-    bar_ax.grid(axis="y", alpha=0.3)
-    params = rows["params_millions"].fillna(0).to_numpy(dtype=np.float64)
-    sizes = 40 + 260 * params / params.max() if params.max() > 0 else np.full(len(rows), 80.0)
-    cost_ax.errorbar(rows["infer_ms_per_image"], rows["accuracy"], yerr=errors, fmt="none", ecolor="grey", capsize=3)
-    cost_ax.scatter(
-        rows["infer_ms_per_image"],
-        rows["accuracy"],
-        s=sizes,
-        alpha=0.7,
-        c=sns.color_palette(n_colors=len(rows)),
-        edgecolor="black",
-    )
-    for row in rows.itertuples():
-        label = f"{row.backbone}\n{row.params_millions:.1f}M params"
-        if "train_seconds" in rows.columns and pd.notna(row.train_seconds):
-            label += f" · {row.train_seconds:.0f} s train"
-        cost_ax.annotate(
-            label, (row.infer_ms_per_image, row.accuracy), textcoords="offset points", xytext=(6, 6), fontsize=8
-        )
-    cost_ax.set(
-        xlabel="inference (ms per image)", ylabel="accuracy", title="accuracy vs inference cost (size = params)"
-    )
-    cost_ax.margins(x=0.25, y=0.15)
-    cost_ax.grid(alpha=0.3)
-    return fig
-
-
 def static_prediction_gallery(
     frame: pd.DataFrame,
     root: Path | None = None,
@@ -465,21 +406,7 @@ def static_prediction_gallery(
         return message_figure("no predictions")
     check_predictions_frame(frame)
     labelled = "true" in frame.columns and "correct" in frame.columns
-    label_column = "true" if labelled else "predicted"
-    classes = class_columns(frame)
-    classes += sorted(set(frame[label_column].astype(str)) - set(classes))
-    groups: list[tuple[str, pd.DataFrame]] = []
-    for name in classes:
-        of_class = frame[frame[label_column].astype(str) == name]
-        if labelled:
-            right = of_class["correct"].astype(bool)
-            parts = [(f"{name}\nright", of_class[right]), (f"{name}\nwrong", of_class[~right])]
-        else:
-            parts = [(f"predicted\n{name}", of_class)]
-        for label, members in parts:
-            if not members.empty:
-                shown = members.sort_values("confidence", ascending=False, kind="stable").head(per_group)
-                groups.append((f"{label} ({len(shown)} of {len(members)})", shown))
+    groups = _gallery_groups(frame, per_group, labelled)
     if not groups:
         return message_figure("no predictions")
 
@@ -511,6 +438,27 @@ def static_prediction_gallery(
     overlaid = " (Grad-CAM: red marks the evidence for the prediction)" if heatmap is not None else ""
     fig.suptitle(f"example predictions: up to {per_group} per group, most confident first{overlaid}")
     return fig
+
+
+def _gallery_groups(frame: pd.DataFrame, per_group: int, labelled: bool) -> list[tuple[str, pd.DataFrame]]:
+    """(row label, up to `per_group` most confident rows) per non-empty (true class × right/wrong) group, or per
+    predicted class when the frame has no true labels."""
+    label_column = "true" if labelled else "predicted"
+    classes = class_columns(frame)
+    classes += sorted(set(frame[label_column].astype(str)) - set(classes))
+    groups: list[tuple[str, pd.DataFrame]] = []
+    for name in classes:
+        of_class = frame[frame[label_column].astype(str) == name]
+        if labelled:
+            right = of_class["correct"].astype(bool)
+            parts = [(f"{name}\nright", of_class[right]), (f"{name}\nwrong", of_class[~right])]
+        else:
+            parts = [(f"predicted\n{name}", of_class)]
+        for label, members in parts:
+            if not members.empty:
+                shown = members.sort_values("confidence", ascending=False, kind="stable").head(per_group)
+                groups.append((f"{label} ({len(shown)} of {len(members)})", shown))
+    return groups
 
 
 def save_run_figures(folder: Path, history: list[dict], metrics: dict, predictions: pd.DataFrame) -> list[Path]:

@@ -45,8 +45,13 @@ def compare_backbones(
         for index, name in enumerate(names, start=1):
             started = time.perf_counter()
             print(f"[{index}/{len(names)}] {name}: {folds}-fold cross-validation", flush=True)
-            backbone_config = config.replace(backbone=name, tracking_parent=group.run_id)
-            result = cross_validate(backbone_config, folds=folds, seeds=seeds, show_progress=show_progress)
+            result = cross_validate(
+                config.replace(backbone=name),
+                folds=folds,
+                seeds=seeds,
+                show_progress=show_progress,
+                parent_run_id=group.run_id,
+            )
             results[name] = result
             print(
                 f"[{index}/{len(names)}] {name}: pooled out-of-fold accuracy {result.metrics['accuracy']:.3f} "

@@ -20,7 +20,7 @@ import pandas as pd
 
 from plantlib.errors import PlantlibError
 from plantlib.evaluation.metrics import arrays_from_predictions, class_columns, compute_metrics
-from plantlib.experiments.cv import OOF_FILE, pooled_metrics
+from plantlib.experiments.cv import pooled_metrics
 from plantlib.experiments.stats import (
     ALPHA,
     NOT_DISTINGUISHABLE,
@@ -31,8 +31,7 @@ from plantlib.experiments.stats import (
     mcnemar_test,
     verdict_words,
 )
-from plantlib.io import read_json
-from plantlib.runs import is_cv_dir, read_cv_info, read_run_info
+from plantlib.runs import CvDir, RunDir, is_cv_dir, read_cv_info
 
 __all__ = ["NOT_DISTINGUISHABLE", "RULE"]
 
@@ -50,22 +49,19 @@ class Evaluated:
 def load_evaluated(path: Path, name: str | None = None) -> Evaluated:
     """A CV directory's out-of-fold predictions (every repeat), or a run directory's test-split predictions."""
     path = Path(path)
-    if is_cv_dir(path):
-        info = read_cv_info(path)
+    cv, run = CvDir(path), RunDir(path)
+    if cv.exists():
+        info = cv.read_info()
         if info.get("status", "finished") != "finished":
             raise PlantlibError(
                 f"{path} is not a finished cross-validation; finish it with plantlib cv --resume {path}"
             )
-        predictions = pd.read_csv(path / OOF_FILE)
-        return Evaluated(name or configuration_name(info["config"], path), predictions, path, info)
-    elif (path / "predictions.csv").is_file():  # a run, or an ensemble's evaluation (no config of its own)
-        predictions = pd.read_csv(path / "predictions.csv")
-        config = read_json(path / "config.json")  # {} when missing
-        if not config:
-            return Evaluated(name or ensemble_name(path), predictions, path)
-    else:
+        return Evaluated(name or configuration_name(info["config"], path), cv.read_oof(), path, info)
+    if not run.predictions_file.is_file():
         raise PlantlibError(f"{path} is neither a cross-validation directory nor a finished run directory")
-    return Evaluated(name or configuration_name(config, path), predictions, path)
+    config = run.read_config_values()  # {} for an ensemble's evaluation: it has no config of its own
+    label = name or (configuration_name(config, path) if config else ensemble_name(path))
+    return Evaluated(label, run.read_predictions(), path)
 
 
 def ensemble_name(path: Path) -> str:
@@ -76,34 +72,21 @@ def ensemble_name(path: Path) -> str:
     return f"ensemble ({path.name})"
 
 
-# Where and how a run executes, not what it learns: left out of a configuration's name.
-_NOT_RECIPE = {
-    "data_dir",
-    "split_file",
-    "new_split",
-    "output_dir",
-    "device",
-    "precision",
-    "num_workers",
-    "tracking",
-    "tracking_uri",
-    "experiment",
-    "tracking_parent",
-    "backbone",
-    "max_batches",
-    "fast",
-}
+# Recipe fields that say nothing in a name: where the images are (the folder names the configuration already)
+# and the backbone, which leads the name anyway.
+_UNNAMED_RECIPE_FIELDS = ("data_dir", "split_file", "new_split", "backbone")
 
 
 def configuration_name(config: dict, path: Path, most: int = 3) -> str:
     """ "backbone, field=value… (folder)": the recipe fields that differ from the defaults tell two CVs apart."""
-    from plantlib.config import RunConfig
+    from plantlib.config import RECIPE_FIELDS, RunConfig
 
     defaults = RunConfig().to_dict()
+    named = [key for key in RECIPE_FIELDS if key not in _UNNAMED_RECIPE_FIELDS]
     changed = [
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in config.items()
-        if key in defaults and key not in _NOT_RECIPE and value != defaults[key]
+        if key in named and value != defaults[key]
     ]
     shown = ", ".join([str(config.get("backbone", "?")), *changed[:most]]) + (" …" if len(changed) > most else "")
     return f"{shown} ({path.name})"
@@ -320,8 +303,8 @@ def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFram
     rows = []
     for cv_dir, item, score in zip(cv_dirs, items, summary.itertuples(), strict=True):
         saved = read_cv_info(cv_dir)
-        fold_runs = sorted(p for p in Path(cv_dir).iterdir() if (p / "run.json").is_file())
-        infos = [read_run_info(run) for run in fold_runs]
+        fold_runs = CvDir(Path(cv_dir)).fold_runs()
+        infos = [run.read_info() for run in fold_runs]
         rows.append(
             {
                 "backbone": saved["config"]["backbone"],
@@ -332,7 +315,7 @@ def cv_table(cv_dirs: Sequence[Path], measure_speed: bool = True) -> pd.DataFram
                 "params (M)": round(infos[0]["parameters"]["total"] / 1e6, 2),
                 "size (MB)": round(infos[0]["model_size_mb"], 1),
                 "train s/fold": round(float(np.mean([i.get("train_seconds", 0.0) for i in infos])), 1),
-                "ms/image": round(inference_ms_per_image(fold_runs[0]), 1) if measure_speed else float("nan"),
+                "ms/image": round(inference_ms_per_image(fold_runs[0].path), 1) if measure_speed else float("nan"),
                 "name": item.name,
             }
         )

@@ -72,12 +72,7 @@ def confirm_best(
     out = Path(out_dir) if out_dir else best_config_file.parent / "confirm"
     pinned = {"split_file": str(split_file), "new_split": False, "split_seed": split_seed, "output_dir": str(out)}
     cv_dirs = [
-        cross_validate(
-            config.replace(**pinned, tracking_parent=None),
-            folds=folds,
-            seeds=seeds,
-            show_progress=show_progress,
-        ).cv_dir
+        cross_validate(config.replace(**pinned), folds=folds, seeds=seeds, show_progress=show_progress).cv_dir
         for config in (best, base_config)
     ]
     comparison = compare_paths(cv_dirs)

@@ -11,7 +11,6 @@ Folds share one decoded-image cache, so each image is decoded once per process.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,16 +25,13 @@ from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig
 from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import EXCLUDED, save_split
-from plantlib.errors import ConfigError
-from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics, predictions_frame
-from plantlib.experiments.tracking import ParentRun, tracking_callbacks
-from plantlib.io import atomic_write, write_json
+from plantlib.errors import ConfigError, PlantlibError
+from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics
+from plantlib.experiments.tracking import ParentRun, metric_values, tracking_callbacks
 from plantlib.paths import artifacts_dir
-from plantlib.runs import CV_FILE, is_cv_dir, new_unique_dir, read_cv_info, read_run_info
+from plantlib.runs import METRICS_FILE, CvDir, RunDir, is_cv_dir, new_unique_dir, read_cv_info
 from plantlib.training.build import build_image_cache
 from plantlib.training.trainer import CallbackLike, Trainer
-
-OOF_FILE = "oof.csv"
 
 
 @dataclass
@@ -119,12 +115,14 @@ def cross_validate(
     callbacks: Sequence[CallbackLike] = (),
     show_progress: bool = True,
     seeds: Sequence[int] | None = None,
+    parent_run_id: str | None = None,
 ) -> CrossValidation:
     """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
 
     `seeds` are the training seeds of the repeats (their number sets `repeats`); by default repeat r trains with
     `config.seed + r`. Folds always come from the split seed, so two recipes with other training seeds share them.
-    Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds and seeds.
+    Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds and seeds. When tracked,
+    the cross-validation is an MLflow group run holding its folds, nested under `parent_run_id` when given.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
         saved = read_cv_info(cv_dir)
@@ -132,43 +130,38 @@ def cross_validate(
         folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
         seeds = saved.get("seeds")
     seeds = repeat_seeds(config.seed, repeats, seeds)
-    repeats = len(seeds)
     data = prepare_data(config, show_progress=show_progress)
-    assigned = assign_folds(cv_pool(data, include_test), folds, repeats, config.effective_split_seed)
+    assigned = assign_folds(cv_pool(data, include_test), folds, len(seeds), config.effective_split_seed)
     outside = data.split.loc[~data.split["path"].isin(assigned["path"]), ["path", "label", "group"]]
-    cv_dir = Path(cv_dir) if cv_dir is not None else new_cv_dir(config, folds)
-    cv_dir.mkdir(parents=True, exist_ok=True)
+    cv = CvDir(cv_dir if cv_dir is not None else new_cv_dir(config, folds))
     settings = {
         "folds": folds,
-        "repeats": repeats,
+        "repeats": len(seeds),
         "seeds": seeds,
         "fold_seed": config.effective_split_seed,
         "include_test": include_test,
         "pool_size": len(assigned),
     }
-    write_json(cv_dir / CV_FILE, {"status": "running", "config": config.to_dict(), **settings})
-    atomic_write(cv_dir / "folds.csv", lambda handle: assigned.to_csv(handle, index=False, lineterminator="\n"))
+    cv.write_info({"status": "running", "config": config.to_dict(), **settings})
+    cv.write_folds(assigned)
     cache = build_image_cache(config)
     rows = []
     tags = {"backbone": config.backbone}
-    with ParentRun(config, cv_dir.name, {**settings, **tags}, tags) as group:
-        parent_config = config.replace(tracking_parent=group.run_id) if group.run_id else config
-        for repeat in range(repeats):
-            repeat_config = _with_training_seed(parent_config, seeds[repeat])
+    with ParentRun(config, cv.name, {**settings, **tags}, tags, parent_run_id) as group:
+        for repeat, seed in enumerate(seeds):
+            repeat_config = _with_training_seed(config, seed)
             for fold in range(folds):
                 split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed, outside)
-                run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
-                rows.append(
-                    _run_fold(repeat_config, data, split, run_dir, cache, callbacks, show_progress)
-                    | {"repeat": repeat, "fold": fold}
+                trained = _run_fold(
+                    repeat_config, data, split, cv.fold(repeat, fold), cache, callbacks, show_progress, group.run_id
                 )
-        result = _summarise(cv_dir, rows, data.classes)
+                rows.append(trained | {"repeat": repeat, "fold": fold})
+        result = _summarise(cv, rows, data.classes)
         summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": _headline(result.metrics)}
-        summary["per_fold"] = _fold_spread(result.folds)
-        write_json(cv_dir / CV_FILE, summary)
-        group.log_metrics({f"cv_{k}": v for k, v in _flat_headline(result.metrics).items()})
-        group.log_file(cv_dir / CV_FILE)
-        group.log_file(cv_dir / OOF_FILE)
+        cv.write_info(summary | {"per_fold": _fold_spread(result.folds)})
+        group.log_metrics(metric_values(_headline(result.metrics), "cv"))
+        group.log_file(cv.info_file)
+        group.log_file(cv.oof_file)
     return result
 
 
@@ -206,43 +199,45 @@ def _run_fold(
     config: RunConfig,
     data: PreparedData,
     split: pd.DataFrame,
-    run_dir: Path,
+    run: RunDir,
     cache: Any,
     callbacks: Sequence[CallbackLike],
     show_progress: bool,
+    parent_run_id: str | None,
 ) -> dict[str, Any]:
-    """Train one fold in `run_dir` (resuming it, or reusing it when finished); its held-out numbers."""
-    if read_run_info(run_dir).get("status") != "finished":
-        split_file = run_dir / "split.csv"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_split(split, split_file)
-        fold_config = config.replace(split_file=str(split_file), new_split=False)
-        fold_data = dataclasses.replace(data, split=split, split_file=split_file, split_was_new=False)
-        everything = [*tracking_callbacks(fold_config), *callbacks]
-        if (run_dir / "config.json").is_file():
-            trainer = Trainer.resume(run_dir, everything, show_progress, data=fold_data, image_cache=cache)
+    """Train one fold in `run` (resuming it, or reusing it when finished); its held-out numbers."""
+    if run.status() != "finished":
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_split(split, run.split_file)
+        fold_config = config.replace(split_file=str(run.split_file), new_split=False)
+        fold_data = dataclasses.replace(data, split=split, split_file=run.split_file, split_was_new=False)
+        everything = [*tracking_callbacks(fold_config, parent_run_id), *callbacks]
+        if run.is_run():
+            trainer = Trainer.resume(run.path, everything, show_progress, data=fold_data, image_cache=cache)
         else:
-            write_json(run_dir / "config.json", fold_config.to_dict())
-            trainer = Trainer(fold_config, fold_data, run_dir, everything, show_progress, image_cache=cache)
+            RunDir.create_at(run.path, fold_config)
+            trainer = Trainer(fold_config, fold_data, run.path, everything, show_progress, image_cache=cache)
         trainer.fit()
-        drop_resume_state(run_dir)  # a finished fold resumes nothing
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run_dir)}
+        drop_resume_state(run.path)  # a finished fold resumes nothing
+    metrics = run.read_metrics()
+    if metrics is None:
+        raise PlantlibError(f"fold {run.path} finished without {METRICS_FILE}; delete the folder and resume the CV")
+    return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run.path)}
 
 
 def _summarise(
-    cv_dir: Path, rows: list[dict[str, Any]], classes: list[str], frames: list[pd.DataFrame] | None = None
+    cv: CvDir, rows: list[dict[str, Any]], classes: list[str], frames: list[pd.DataFrame] | None = None
 ) -> CrossValidation:
     """Out-of-fold predictions of every repeat, and metrics pooled over the pool (repeats averaged per image).
 
-    `frames` are the folds' held-out predictions; by default each fold run's saved predictions.csv.
+    `frames` are the folds' held-out predictions; by default each fold run's saved test-split predictions.
     """
     if frames is None:
-        frames = [pd.read_csv(Path(row["run_dir"]) / "predictions.csv") for row in rows]
+        frames = [RunDir(Path(row["run_dir"])).read_predictions() for row in rows]
     parts = [frame.assign(repeat=row["repeat"], fold=row["fold"]) for frame, row in zip(frames, rows, strict=True)]
     oof = pd.concat(parts, ignore_index=True)
-    atomic_write(cv_dir / OOF_FILE, lambda handle: oof.to_csv(handle, index=False, lineterminator="\n"))
-    return CrossValidation(cv_dir, pooled_metrics(oof, classes), pd.DataFrame(rows), oof)
+    cv.write_oof(oof)
+    return CrossValidation(cv.path, pooled_metrics(oof, classes), pd.DataFrame(rows), oof)
 
 
 def reevaluate_out_of_fold(
@@ -253,34 +248,33 @@ def reevaluate_out_of_fold(
     Written as a sibling cross-validation directory (`<cv_dir>-tta`) with the same folds, so `plantlib compare`
     pairs it image by image with the original. Nothing is trained.
     """
-    from plantlib.checkpoint import BEST_CHECKPOINT
     from plantlib.inference.predictor import evaluate_split, load_model
 
-    cv_dir = Path(cv_dir)
-    saved = read_cv_info(cv_dir)
+    source = CvDir(Path(cv_dir))
+    saved = source.read_info()
     if saved.get("status") != "finished":
-        raise ConfigError(f"{cv_dir} is not a finished cross-validation; finish it with plantlib cv --resume {cv_dir}")
-    target = cv_dir.with_name(f"{cv_dir.name}-{'tta' if tta else 'reevaluated'}")
-    target.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(
+            f"{source.path} is not a finished cross-validation; finish it with plantlib cv --resume {source.path}"
+        )
+    target = CvDir(source.path.with_name(f"{source.name}-{'tta' if tta else 'reevaluated'}"))
+    target.path.mkdir(parents=True, exist_ok=True)
     rows, frames, classes = [], [], []
     for repeat in range(saved["repeats"]):
         for fold in range(saved["folds"]):
-            run_dir = cv_dir / f"repeat{repeat}-fold{fold}"
-            loaded = load_model(run_dir / BEST_CHECKPOINT, device=device, engine=engine, tta=tta)
+            run = source.fold(repeat, fold)
+            loaded = load_model(run.best_checkpoint, device=device, engine=engine, tta=tta)
             metrics, frame = evaluate_split(loaded, "test", save=False)
             classes = loaded.class_names
             frames.append(frame)
             rows.append(
                 {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"]}
-                | {"run_dir": str(run_dir), "repeat": repeat, "fold": fold}
+                | {"run_dir": str(run.path), "repeat": repeat, "fold": fold}
             )
     result = _summarise(target, rows, classes, frames)
-    summary = {**saved, "tta": tta, "source": str(cv_dir), "pooled": _headline(result.metrics)}
-    summary["per_fold"] = _fold_spread(result.folds)
-    write_json(target / CV_FILE, summary)
-    assignment = (cv_dir / "folds.csv").read_text(encoding="utf-8")  # the same folds, for whoever pairs the two
-    atomic_write(target / "folds.csv", lambda handle: handle.write(assignment))
-    return CrossValidation(target, result.metrics, result.folds, result.oof)
+    summary = {**saved, "tta": tta, "source": str(source.path), "pooled": _headline(result.metrics)}
+    target.write_info(summary | {"per_fold": _fold_spread(result.folds)})
+    target.copy_folds_from(source)  # the same folds, for whoever pairs the two
+    return result
 
 
 def pooled_metrics(oof: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
@@ -312,28 +306,9 @@ def _average_metrics(per_repeat: list[dict[str, Any]]) -> dict[str, Any]:
     return averaged
 
 
-def pooled_predictions(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One prediction per pool image: its out-of-fold probabilities averaged over repeats (an ensemble of the
-    repeats when there are several: label it as one; `pooled_metrics` gives the repeat-averaged scores)."""
-    columns = [f"p_{c}" for c in classes]
-    mean = oof.groupby("path", sort=True)[columns].mean()
-    true = oof.groupby("path", sort=True)["true"].first()
-    return predictions_frame(
-        list(mean.index), true.map({c: i for i, c in enumerate(classes)}).to_numpy(), mean.to_numpy(), classes
-    )
-
-
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("n", "accuracy", "f1", "roc_auc", "log_loss", "ece")
     return {**{k: metrics.get(k) for k in keys}, "ci95": metrics.get("ci95")}
-
-
-def _flat_headline(metrics: dict[str, Any]) -> dict[str, float]:
-    flat = {k: float(v) for k, v in _headline(metrics).items() if isinstance(v, (int, float))}
-    for key, bounds in (metrics.get("ci95") or {}).items():
-        if bounds:
-            flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = bounds
-    return flat
 
 
 def _fold_spread(folds: pd.DataFrame) -> dict[str, Any]:

@@ -1,14 +1,13 @@
 """The tracking store outside a training run: the runs table, syncing a run directory, the registry, the UI.
 
-Everything here goes through `plantlib.experiments.tracking`'s client, so one module decides how MLflow is
-reached (embedded SQLite by default, a server when pointed at one).
+Every MLflow call goes through `plantlib.experiments.mlflow_store.MlflowStore`, so one object decides how MLflow
+is reached (embedded SQLite by default, a server when pointed at one).
 """
 
 from __future__ import annotations
 
 import errno
 import http.client
-import json
 import os
 import socket
 import sys
@@ -18,29 +17,20 @@ from typing import Any
 
 import pandas as pd
 
-from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
+from plantlib.checkpoint import find_checkpoint
 from plantlib.children import owned_process_group
 from plantlib.config import RunConfig
 from plantlib.errors import ConfigError, PlantlibError
+from plantlib.experiments.mlflow_store import PARENT_TAG, MlflowStore, artifact_root_for, resolve_tracking_uri
 from plantlib.experiments.tracking import (
-    RUN_FILES,
-    TRACKING_FILE,
-    TrackingError,
-    artifact_root_for,
-    check_reachable,
-    client_for,
     epoch_metrics,
-    experiment_id,
     flatten_config,
-    log_params,
-    read_tracking_file,
-    resolve_tracking_uri,
+    metric_values,
     run_summary_metrics,
     run_tags,
-    test_metrics,
+    tracking_record,
 )
-from plantlib.io import write_json
-from plantlib.runs import RUN_FILE, read_run_info, run_status, write_run_info
+from plantlib.runs import BEST_CHECKPOINT, CONFIG_FILE, FIGURES_DIR, RUN_FILE, RunDir
 
 TABLE_PARAMS = ("learning_rate", "batch_size", "image_size", "frozen_blocks", "epochs")
 _FINAL_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}
@@ -48,23 +38,25 @@ UI_HOST = "127.0.0.1"
 UI_READY_TIMEOUT_S = 300.0  # the server's start-up takes 5-20 s on a laptop
 
 
-def _run_dir_of(path: Path) -> Path:
+def _run_dir_of(path: Path) -> RunDir:
+    """The run directory `path` is, or holds the file `path`; an error naming the path otherwise."""
     path = Path(path)
-    run_dir = path.parent if path.is_file() else path
-    if not (run_dir / "config.json").is_file():
-        raise PlantlibError(f"{path} is not a run directory (no config.json); pass artifacts/runs/<run>")
-    return run_dir
+    run = RunDir(path.parent if path.is_file() else path)
+    if not run.is_run():
+        raise PlantlibError(f"{path} is not a run directory (no {CONFIG_FILE}); pass artifacts/runs/<run>")
+    return run
 
 
-def _existing_run(client: Any, run_id: str | None) -> str | None:
-    from mlflow.exceptions import MlflowException
+def _tracked_id(store: MlflowStore, run: RunDir) -> str | None:
+    """The run's MLflow run id when its tracking file names this store and the store still has the run."""
+    tracked = run.read_tracking()
+    return store.existing_run(tracked.get("run_id") if tracked.get("uri") == store.uri else None)
 
-    if not run_id:
-        return None
-    try:
-        return client.get_run(run_id).info.run_id
-    except MlflowException:
-        return None
+
+def _parent_run_id(run: RunDir, info: dict[str, Any]) -> str | None:
+    """The MLflow run the run is nested under: recorded by its tracking callback in run.json, or (a run made by
+    an earlier version) the config's former `tracking_parent`."""
+    return (info.get("tracking") or {}).get("parent_run_id") or run.read_config_values().get("tracking_parent")
 
 
 def sync_run_dir(run_dir: Path, tracking_uri: str | None = None) -> str:
@@ -72,74 +64,53 @@ def sync_run_dir(run_dir: Path, tracking_uri: str | None = None) -> str:
 
     Uses the run's MLflow run when the store has it (a run tracked until its server went away), else makes one.
     """
-    run_dir = _run_dir_of(run_dir)
-    config = RunConfig.from_json(run_dir / "config.json")
-    info = read_run_info(run_dir)
+    run = _run_dir_of(run_dir)
+    config = run.read_config()
+    info = run.read_info()
     if not info:
-        raise PlantlibError(f"{run_dir} has no run.json: the run never started; train or resume it first")
-    uri = resolve_tracking_uri(tracking_uri or config.tracking_uri)
-    check_reachable(uri)
-    client = client_for(uri)
-    tracked = read_tracking_file(run_dir)
-    run_id = _existing_run(client, tracked.get("run_id") if tracked.get("uri") == uri else None)
+        raise PlantlibError(f"{run.path} has no {RUN_FILE}: the run never started; train or resume it first")
+    store = MlflowStore.for_config(config, tracking_uri)
+    parent = _parent_run_id(run, info)
+    run_id = _tracked_id(store, run)
     if run_id is None:
-        run = client.create_run(
-            experiment_id(client, uri, config.experiment),
-            run_name=run_dir.name,
-            tags=run_tags(info, run_dir, config.tracking_parent),
-        )
-        run_id = run.info.run_id
-        write_json(run_dir / TRACKING_FILE, {"uri": uri, "run_id": run_id})
-    _log_missing(client, run_id, run_dir, config, info)
-    client.set_terminated(run_id, _FINAL_STATUS.get(str(info.get("status")), "FAILED"))
-    write_run_info(run_dir, {**info, "tracking": {"uri": uri, "run_id": run_id, "status": "tracked"}})
+        run_id = store.create_run(run.name, run_tags(info, run.path), parent_run_id=parent)
+        run.write_tracking({"uri": store.uri, "run_id": run_id})
+    _log_missing(store, run_id, run, config, info)
+    store.end_run(run_id, _FINAL_STATUS.get(str(info.get("status")), "FAILED"))
+    run.write_info({**info, "tracking": tracking_record(store.uri, run_id, "tracked", parent)})
     return run_id
 
 
-def _log_missing(client: Any, run_id: str, run_dir: Path, config: RunConfig, info: dict[str, Any]) -> None:
-    from mlflow.entities import Metric
-
-    data = client.get_run(run_id).data
-    log_params(client, run_id, {k: v for k, v in flatten_config(config.to_dict()).items() if k not in data.params})
-    history_file, metrics_file = run_dir / "history.json", run_dir / "metrics.json"
-    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
-    wanted: list[tuple[str, float, int]] = [
-        (key, value, int(row["epoch"])) for row in history for key, value in epoch_metrics(row).items()
-    ]
-    if metrics_file.is_file():
-        final = test_metrics(json.loads(metrics_file.read_text(encoding="utf-8")))
-        final.update(run_summary_metrics(info))
-        wanted += [(key, value, 0) for key, value in final.items()]
-    logged = {(key, m.step) for key in {k for k, _, _ in wanted} for m in client.get_metric_history(run_id, key)}
-    stamp = int(1000 * (run_dir / "config.json").stat().st_mtime)
-    missing = [Metric(key, value, stamp + step, step) for key, value, step in wanted if (key, step) not in logged]
-    for start in range(0, len(missing), 500):
-        client.log_batch(run_id, metrics=missing[start : start + 500], synchronous=True)
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            client.log_artifact(run_id, str(run_dir / name))
-    for figure in sorted((run_dir / "figures").glob("*.png")):
-        client.log_artifact(run_id, str(figure), "figures")
-    if (run_dir / BEST_CHECKPOINT).is_file():
-        client.log_artifact(run_id, str(run_dir / BEST_CHECKPOINT), "checkpoint")
+def _log_missing(store: MlflowStore, run_id: str, run: RunDir, config: RunConfig, info: dict[str, Any]) -> None:
+    """The parameters, metric points and files the store's run lacks."""
+    logged = store.logged_params(run_id)
+    store.log_params(run_id, {k: v for k, v in flatten_config(config.to_dict()).items() if k not in logged})
+    wanted = {int(row["epoch"]): epoch_metrics(row) for row in run.read_history()}
+    test = run.read_metrics()
+    if test is not None:
+        wanted.setdefault(0, {}).update(metric_values(test, "test") | run_summary_metrics(info))
+    done = store.logged_steps(run_id, {key for metrics in wanted.values() for key in metrics})
+    stamp = int(1000 * run.config_file.stat().st_mtime)
+    for step, metrics in wanted.items():
+        missing = {key: value for key, value in metrics.items() if (key, step) not in done}
+        if missing:
+            store.log_metrics(run_id, missing, step=step, timestamp_ms=stamp + step)
+    store.log_files(run_id, run.files())
+    store.log_files(run_id, sorted(run.figures_dir.glob("*.png")), FIGURES_DIR)
+    store.log_files(run_id, [run.best_checkpoint], "checkpoint")
 
 
-def tracked_run_id(run_dir: Path, tracking_uri: str | None = None) -> tuple[Any, str]:
-    """(client, MLflow run id) of a run directory, uploading it first when the store does not have it yet."""
-    run_dir = _run_dir_of(run_dir)
-    config = RunConfig.from_json(run_dir / "config.json")
-    uri = resolve_tracking_uri(tracking_uri or config.tracking_uri)
-    client = client_for(uri)
-    tracked = read_tracking_file(run_dir)
-    run_id = _existing_run(client, tracked.get("run_id") if tracked.get("uri") == uri else None)
-    return client, run_id or sync_run_dir(run_dir, uri)
+def tracked_run_id(run_dir: Path, tracking_uri: str | None = None) -> tuple[MlflowStore, str]:
+    """(store, MLflow run id) of a run directory, uploading it first when the store does not have it yet."""
+    run = _run_dir_of(run_dir)
+    store = MlflowStore.for_config(run.read_config(), tracking_uri)
+    return store, _tracked_id(store, run) or sync_run_dir(run.path, store.uri)
 
 
 def log_files(run_dir: Path, files: list[Path], folder: str, tracking_uri: str | None = None) -> str:
     """Attach files (an export, a model card) to a run directory's MLflow run; the run id."""
-    client, run_id = tracked_run_id(run_dir, tracking_uri)
-    for file in files:
-        client.log_artifact(run_id, str(file), folder)
+    store, run_id = tracked_run_id(run_dir, tracking_uri)
+    store.log_files(run_id, files, folder)
     return run_id
 
 
@@ -162,20 +133,11 @@ def registered_model_name(name: str) -> str:
 def register_run(run: Path, name: str, tracking_uri: str | None = None) -> int:
     """Register a run's best checkpoint as a new version of registered model `name` (trimmed, checked by
     `registered_model_name`); the version number."""
-    from mlflow.exceptions import MlflowException
-
     name = registered_model_name(name)
     run_dir = _run_dir_of(run)
-    find_checkpoint(run_dir / BEST_CHECKPOINT)  # a clear error when the run has no best checkpoint
-    client, run_id = tracked_run_id(run_dir, tracking_uri)
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
-            raise TrackingError(f"cannot create registered model {name!r}: {error}") from error
-    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint/{BEST_CHECKPOINT}"
-    version = client.create_model_version(name, source, run_id=run_id, description=f"plantlib run {run_dir.name}")
-    return int(version.version)
+    find_checkpoint(run_dir.best_checkpoint)  # a clear error when the run has no best checkpoint
+    store, run_id = tracked_run_id(run_dir.path, tracking_uri)
+    return store.register_version(name, run_id, f"checkpoint/{BEST_CHECKPOINT}", f"plantlib run {run_dir.name}")
 
 
 def runs_table(
@@ -186,21 +148,11 @@ def runs_table(
 ) -> pd.DataFrame:
     """Tracked runs, newest first: name, backbone, key config, epochs, accuracy with its 95% CI (test split, or
     pooled out-of-fold for a cross-validation), time."""
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    client = client_for(uri)
-    if experiment:
-        found = client.get_experiment_by_name(experiment)
-        experiments = [found] if found is not None else []
-    else:
-        experiments = client.search_experiments()
-    names = {e.experiment_id: e.name for e in experiments}
+    names, runs = MlflowStore(resolve_tracking_uri(tracking_uri), experiment).search_runs(
+        _runs_query(backbone, parent_run_id)
+    )
     if not names:
         return pd.DataFrame(columns=["run", "experiment", "backbone", "status"])
-    conditions = [f"tags.backbone = '{backbone}'"] if backbone else []
-    conditions += [f"tags.mlflow.parentRunId = '{parent_run_id}'"] if parent_run_id else []
-    query = " and ".join(conditions)
-    runs = client.search_runs(list(names), query, order_by=["attributes.start_time DESC"], max_results=5000)
     rows = []
     for run in runs:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
@@ -228,12 +180,18 @@ def runs_table(
     return pd.DataFrame(rows)
 
 
+def _runs_query(backbone: str | None, parent_run_id: str | None) -> str:
+    conditions = [f"tags.backbone = '{backbone}'"] if backbone else []
+    conditions += [f"tags.{PARENT_TAG} = '{parent_run_id}'"] if parent_run_id else []
+    return " and ".join(conditions)
+
+
 def _status(status: str, run_dir: str | None) -> str:
     """MLflow's status, except that a RUNNING run whose run directory here says its process is gone is KILLED
     (what `plantlib track` records for it)."""
-    if status != "RUNNING" or not run_dir or not (Path(run_dir) / RUN_FILE).is_file():
+    if status != "RUNNING" or not run_dir or not RunDir(Path(run_dir)).info_file.is_file():
         return status
-    return _FINAL_STATUS["interrupted"] if run_status(Path(run_dir)) == "interrupted" else status
+    return _FINAL_STATUS["interrupted"] if RunDir(Path(run_dir)).status() == "interrupted" else status
 
 
 def _int_or_none(value: float | None) -> int | None:

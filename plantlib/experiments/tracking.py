@@ -1,48 +1,37 @@
-"""The one place that talks to MLflow: a Trainer callback that records every run, and the store it writes to.
+"""Experiment tracking: whether runs are tracked, what is logged, the Trainer callback that records every run,
+and `ParentRun`, the run that groups others. Every MLflow call goes through `mlflow_store.MlflowStore`.
 
-The default store is embedded in the project (a SQLite file, `artifacts/mlflow.db`, with artifacts in
-`artifacts/mlruns`): no server, works offline. `tracking_uri` or `$MLFLOW_TRACKING_URI` points at any MLflow
-server instead. All MLflow calls of a training run happen on one background thread, so tracking costs the
-training loop a queue put per epoch, and a slow or lost server never stalls or ends training: the run
-directory stays complete, and `plantlib track RUN_DIR` uploads it later.
+All MLflow calls of a training run happen on one background thread, so tracking costs the training loop a queue
+put per epoch, and a slow or lost server never stalls or ends training: the run directory stays complete, and
+`plantlib track RUN_DIR` uploads it later.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import queue
 import subprocess
 import threading
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from plantlib.config import RunConfig
-from plantlib.errors import ConfigError, PlantlibError
-from plantlib.io import read_json, write_json
-from plantlib.paths import artifacts_dir, project_root
+from plantlib.errors import ConfigError
+from plantlib.experiments.mlflow_store import PARAM_VALUE_LIMIT, MlflowStore, resolve_tracking_uri
+from plantlib.paths import project_root
+from plantlib.runs import FIGURES_DIR, RunDir
 from plantlib.training.trainer import Callback, Trainer, TrainingResult
 
 TRACKING_ENV = "PLANTLIB_TRACKING"  # overrides tracking="auto": "on" or "off" (the test suite sets "off")
-TRACKING_FILE = "tracking.json"  # in a run directory: where the run is tracked, written as soon as it is known
 INSTALL_HINT = "experiment tracking is off: MLflow is not installed (pip install mlflow)"
-RUN_FILES = ("config.json", "history.json", "metrics.json", "predictions.csv", "run.json")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-# MLflow's HTTP client retries for minutes by default; a training run must not wait that long for a lost server.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _FINISH_TIMEOUT_S = 120.0
-EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
-class TrackingError(PlantlibError):
-    """The tracking store cannot be reached or refuses a request; the message says where and how to fix it."""
-
-
-# ---------------------------------------------------------------------------------------------- the store
+# ------------------------------------------------------------------------------------------- whether to track
 
 
 def mlflow_available() -> bool:
@@ -67,76 +56,6 @@ def tracking_wanted(config: RunConfig) -> bool:
     return False
 
 
-def embedded_store() -> tuple[str, Path]:
-    """The project's own store: the SQLite URI of `artifacts/mlflow.db` and the artifact folder beside it."""
-    folder = artifacts_dir()
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}", (folder / "mlruns").resolve()
-
-
-def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """`explicit`, else `$MLFLOW_TRACKING_URI`, else the embedded SQLite store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or embedded_store()[0]
-
-
-def artifact_root_for(uri: str) -> Path | None:
-    """Where runs of a SQLite store keep their files: `mlruns/` beside the database (None: the store decides)."""
-    if uri == embedded_store()[0]:
-        return embedded_store()[1]
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
-    return None  # a server or file store has its own artifact location
-
-
-def _quiet_mlflow() -> None:
-    """No usage reports and short HTTP retries, unless the user chose otherwise; before MLflow is imported."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
-
-def client_for(uri: str) -> Any:
-    """An `MlflowClient` for `uri`, with the project's folders made for the embedded store."""
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    root = artifact_root_for(uri)
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def experiment_id(client: Any, uri: str, name: str) -> str:
-    """The id of experiment `name`, created when missing (artifacts inside the project for the embedded store).
-
-    The experiment is marked as model training, so the MLflow UI opens on its runs table.
-    """
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        root = artifact_root_for(uri)
-        with contextlib.suppress(MlflowException):  # another process may have created it meanwhile
-            client.create_experiment(name, artifact_location=root.as_uri() if root is not None else None)
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise TrackingError(f"cannot create MLflow experiment {name!r} in {uri}")
-    if EXPERIMENT_KIND_TAG not in found.tags:
-        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-    return found.experiment_id
-
-
-def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail fast with a TrackingError when an http(s) tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
-    except requests.RequestException as error:
-        raise TrackingError(f"tracking server {uri} is not reachable ({error.__class__.__name__})") from error
-
-
 # ------------------------------------------------------------------------------------------- what is logged
 
 
@@ -148,7 +67,7 @@ def flatten_config(values: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping):
             flat.update(flatten_config(value, prefix=f"{name}."))
         else:
-            flat[name] = str(value)[:6000]  # MLflow's limit on a parameter value
+            flat[name] = str(value)[:PARAM_VALUE_LIMIT]
     return flat
 
 
@@ -163,8 +82,8 @@ def git_commit(folder: Path) -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def run_tags(facts: Mapping[str, Any], run_dir: Path, parent_run_id: str | None) -> dict[str, str]:
-    """Tags that make a run findable: backbone, data and split, versions, device, world size, nesting."""
+def run_tags(facts: Mapping[str, Any], run_dir: Path) -> dict[str, str]:
+    """Tags that make a run findable: backbone, data and split, versions, device, world size."""
     from importlib.metadata import version
 
     tags = {
@@ -179,21 +98,20 @@ def run_tags(facts: Mapping[str, Any], run_dir: Path, parent_run_id: str | None)
     commit = git_commit(project_root())
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
     return tags
 
 
-def test_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Test-split numbers as MLflow metrics: `test_<name>` and `test_<name>_ci_low/high` for the 95% CIs."""
+def metric_values(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """A metrics dict as MLflow metrics: `<prefix>_<name>` for each number, `<prefix>_<name>_ci_low/high` for each
+    95% interval in its `ci95` (the test split's `test_...`, a cross-validation's pooled `cv_...`)."""
     flat = {
-        f"test_{key}": float(value)
+        f"{prefix}_{key}": float(value)
         for key, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     for key, bounds in (metrics.get("ci95") or {}).items():
         if bounds and len(bounds) == 2:
-            flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = float(bounds[0]), float(bounds[1])
+            flat[f"{prefix}_{key}_ci_low"], flat[f"{prefix}_{key}_ci_high"] = float(bounds[0]), float(bounds[1])
     return flat
 
 
@@ -206,8 +124,10 @@ def run_summary_metrics(info: dict[str, Any]) -> dict[str, float]:
     return {"epochs_done": float(info.get("epochs_done", 0)), "train_seconds": float(info.get("train_seconds", 0))}
 
 
-def read_tracking_file(run_dir: Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / TRACKING_FILE)
+def tracking_record(uri: str, run_id: str | None, status: str, parent_run_id: str | None) -> dict[str, Any]:
+    """run.json's `tracking`: where the run is tracked, how far, and the run it is nested under (when it is)."""
+    nesting = {"parent_run_id": parent_run_id} if parent_run_id else {}
+    return {"uri": uri, "run_id": run_id, "status": status, **nesting}
 
 
 # ---------------------------------------------------------------------------------------- the callback
@@ -247,7 +167,8 @@ class MlflowTracking(Callback):
     """Records a Trainer's run in MLflow: config as parameters, tags, per-epoch metrics, test metrics, files.
 
     Only the process that writes the run directory (rank 0) tracks. A resumed run continues its MLflow run
-    (the id is kept in the run directory's tracking.json and run.json).
+    (the id is kept in the run directory's tracking file and run.json). `parent_run_id` nests a new run under
+    a group (a cross-validation, a comparison, a sweep).
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None) -> None:
@@ -255,7 +176,7 @@ class MlflowTracking(Callback):
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.run_id: str | None = None
-        self.client: Any = None
+        self.store: MlflowStore | None = None
         self.worker: _Worker | None = None
         self.run_dir: Path | None = None
 
@@ -264,10 +185,10 @@ class MlflowTracking(Callback):
         if not trainer.is_main_process:
             return
         self.run_dir = trainer.run_dir
-        previous = read_tracking_file(trainer.run_dir)
+        previous = RunDir(trainer.run_dir).read_tracking()
         resume_id = previous.get("run_id") if previous.get("uri") == self.uri else None
         facts, config = trainer.facts(), trainer.config.to_dict()
-        trainer.annotate(tracking={"uri": self.uri, "status": "starting", "run_id": resume_id})
+        trainer.annotate(tracking=tracking_record(self.uri, resume_id, "starting", self.parent_run_id))
         self.worker = _Worker(self._lost)
         self.worker.submit(lambda: self._start(resume_id, facts, config))
 
@@ -279,35 +200,31 @@ class MlflowTracking(Callback):
     def on_fit_end(self, trainer: Trainer, result: TrainingResult) -> None:
         if self.worker is None:
             return
-        import pandas as pd
-
         from plantlib.evaluation.plots import plot_history, save_figure, save_run_figures
 
+        run = RunDir(trainer.run_dir)
+        folder = run.figures_dir
         if result.test_metrics is None:  # a run that evaluated no test split (a sweep's trial): its history only
-            figures = [save_figure(plot_history(result.history), trainer.run_dir / "figures" / "history.png")]
+            figures = [save_figure(plot_history(result.history), folder / "history.png")]
             metrics = {}
         else:
-            predictions = pd.read_csv(trainer.run_dir / "predictions.csv")
-            figures = save_run_figures(trainer.run_dir / "figures", result.history, result.test_metrics, predictions)
-            metrics = test_metrics(result.test_metrics)
+            figures = save_run_figures(folder, result.history, result.test_metrics, run.read_predictions())
+            metrics = metric_values(result.test_metrics, "test")
         metrics.update(run_summary_metrics({"epochs_done": len(result.history), "train_seconds": result.seconds}))
-        files = [trainer.run_dir / name for name in RUN_FILES] + figures
-        best = trainer.run_dir / "best.pt"
-        self.worker.submit(lambda: self._finish(metrics, files, best, "FINISHED"))
+        self.worker.submit(lambda: self._finish(metrics, run, figures, "FINISHED"))
         self._close(trainer)
 
     def on_fit_failed(self, trainer: Trainer, status: str) -> None:
         if self.worker is None:
             return
         state = {"interrupted": "KILLED", "pruned": "KILLED"}.get(status, "FAILED")
-        files = [trainer.run_dir / name for name in RUN_FILES]
-        self.worker.submit(lambda: self._finish({}, files, None, state))
+        self.worker.submit(lambda: self._finish({}, RunDir(trainer.run_dir), None, state))
         self._close(trainer, timeout_s=15.0)
 
     def _close(self, trainer: Trainer, timeout_s: float = _FINISH_TIMEOUT_S) -> None:
         assert self.worker is not None
         done = self.worker.close(timeout_s)
-        tracking = {"uri": self.uri, "run_id": self.run_id, "status": "tracked"}
+        tracking = tracking_record(self.uri, self.run_id, "tracked", self.parent_run_id)
         if self.worker.failed is not None or not done or self.run_id is None:
             tracking["status"] = "not tracked" if self.run_id is None else "incomplete"
             tracking["how_to_sync"] = f"plantlib track {trainer.run_dir}"
@@ -317,39 +234,31 @@ class MlflowTracking(Callback):
     # -- MLflow calls (tracking thread) ----------------------------------------------------------------
     def _start(self, resume_id: str | None, facts: dict[str, Any], config: dict[str, Any]) -> None:
         assert self.run_dir is not None
-        check_reachable(self.uri)
-        client = client_for(self.uri)
+        store = MlflowStore(self.uri, self.experiment)
         if resume_id:
-            client.update_run(resume_id, status="RUNNING")
+            store.resume_run(resume_id)
             self.run_id = resume_id
         else:
-            run = client.create_run(
-                experiment_id(client, self.uri, self.experiment),
-                run_name=self.run_dir.name,
-                tags=run_tags(facts, self.run_dir, self.parent_run_id),
-            )
-            self.run_id = run.info.run_id
-            write_json(self.run_dir / TRACKING_FILE, {"uri": self.uri, "run_id": self.run_id})
-            log_params(client, self.run_id, flatten_config(config))
-        self.client = client
+            tags = run_tags(facts, self.run_dir)
+            self.run_id = store.create_run(self.run_dir.name, tags, parent_run_id=self.parent_run_id)
+            RunDir(self.run_dir).write_tracking({"uri": self.uri, "run_id": self.run_id})
+            store.log_params(self.run_id, flatten_config(config))
+        self.store = store
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        assert self.store is not None and self.run_id is not None
+        self.store.log_metrics(self.run_id, metrics, step=step)
 
-        stamp = int(time.time() * 1000)
-        entries = [Metric(key, value, stamp, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
-
-    def _finish(self, metrics: dict[str, float], files: list[Path], best: Path | None, status: str) -> None:
+    def _finish(self, metrics: dict[str, float], run: RunDir, figures: list[Path] | None, status: str) -> None:
+        """The last metrics and the run's files (with figures and best checkpoint when it finished); then end it."""
+        assert self.store is not None and self.run_id is not None
         if metrics:
             self._log_metrics(metrics, step=0)
-        for file in files:
-            if file.is_file():
-                folder = "figures" if file.parent.name == "figures" else None
-                self.client.log_artifact(self.run_id, str(file), folder)
-        if best is not None and best.is_file():
-            self.client.log_artifact(self.run_id, str(best), "checkpoint")
-        self.client.set_terminated(self.run_id, status)
+        self.store.log_files(self.run_id, run.files())
+        if figures is not None:
+            self.store.log_files(self.run_id, figures, FIGURES_DIR)
+            self.store.log_files(self.run_id, [run.best_checkpoint], "checkpoint")
+        self.store.end_run(self.run_id, status)
 
     def _lost(self, error: BaseException) -> None:
         where = f"; its run directory keeps everything: plantlib track {self.run_dir}" if self.run_dir else ""
@@ -359,20 +268,9 @@ class MlflowTracking(Callback):
         )
 
 
-def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
-    """Log parameters in batches of 100, the most MLflow takes in one call."""
-    from mlflow.entities import Param
-
-    items = [Param(key, value) for key, value in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
-
-
 def tracking_summary(run_dir: Path) -> str:
     """One line saying where a run is tracked and how to look at it (read from its run directory)."""
-    from plantlib.runs import read_run_info
-
-    tracking = read_run_info(run_dir).get("tracking")
+    tracking = RunDir(run_dir).read_info().get("tracking")
     if not tracking:
         return "not tracked (tracking is off); plantlib track RUN_DIR records it later"
     where = tracking.get("uri", "")
@@ -385,8 +283,9 @@ def tracking_summary(run_dir: Path) -> str:
 class ParentRun:
     """An MLflow run that groups others (a comparison, a cross-validation, a sweep): `run_id` nests them.
 
-    Used as a context manager; it ends FINISHED, or FAILED when the block raises. When tracking is off or the
-    store cannot be reached, `run_id` is None and everything else is a no-op (with one warning).
+    Used as a context manager; it ends FINISHED, or FAILED when the block raises. `parent_run_id` nests the group
+    itself under another (a backbone's cross-validation under the comparison). When tracking is off or the store
+    cannot be reached, `run_id` is None and everything else is a no-op (with one warning).
     """
 
     def __init__(
@@ -395,53 +294,38 @@ class ParentRun:
         name: str,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
     ) -> None:
         self.run_id: str | None = None
-        self.client: Any = None
+        self.store: MlflowStore | None = None
         if not tracking_wanted(config):
             return
-        uri = resolve_tracking_uri(config.tracking_uri)
         try:
-            check_reachable(uri)
-            self.client = client_for(uri)
-            run = self.client.create_run(
-                experiment_id(self.client, uri, config.experiment),
-                run_name=name,
-                tags={
-                    "kind": "group",
-                    **(tags or {}),
-                    **({"mlflow.parentRunId": config.tracking_parent} if config.tracking_parent else {}),
-                },
-            )
-            self.run_id = run.info.run_id
-            if params:
-                log_params(self.client, self.run_id, {k: str(v)[:6000] for k, v in params.items()})
+            self.store = MlflowStore.for_config(config)
+            self.run_id = self.store.create_run(name, {"kind": "group", **(tags or {})}, params, parent_run_id)
         except Exception as error:
             warnings.warn(f"the group run {name!r} is not tracked ({error.__class__.__name__}: {error})", stacklevel=2)
             self.run_id = None
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        if self.run_id is not None:
-            from mlflow.entities import Metric
-
-            stamp = int(time.time() * 1000)
-            entries = [Metric(key, float(value), stamp, 0) for key, value in metrics.items()]
-            self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
+        if self.store is not None and self.run_id is not None:
+            self.store.log_metrics(self.run_id, metrics)
 
     def log_file(self, path: Path, folder: str | None = None) -> None:
-        if self.run_id is not None:
-            self.client.log_artifact(self.run_id, str(path), folder)
+        if self.store is not None and self.run_id is not None:
+            self.store.log_files(self.run_id, [path], folder)
 
     def __enter__(self) -> ParentRun:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FINISHED" if kind is None else "FAILED")
+        if self.store is not None and self.run_id is not None:
+            self.store.end_run(self.run_id, "FINISHED" if kind is None else "FAILED")
 
 
-def tracking_callbacks(config: RunConfig) -> list[Callback]:
-    """The callbacks that track runs of `config` (none when tracking is off or MLflow is missing)."""
+def tracking_callbacks(config: RunConfig, parent_run_id: str | None = None) -> list[Callback]:
+    """The callbacks that track runs of `config` (none when tracking is off or MLflow is missing), nested under
+    the MLflow run `parent_run_id` when given (a cross-validation, a comparison, a sweep)."""
     if not tracking_wanted(config):
         return []
-    return [MlflowTracking(resolve_tracking_uri(config.tracking_uri), config.experiment, config.tracking_parent)]
+    return [MlflowTracking(resolve_tracking_uri(config.tracking_uri), config.experiment, parent_run_id)]

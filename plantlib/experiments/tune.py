@@ -79,69 +79,85 @@ def space_parameters(raw: dict[str, Any], source: str) -> list[Parameter]:
     Every message names `source` (the file). Keys are checked per type: `choices` belongs to categorical only,
     `low`, `high` and `log` to float and int only, and an int parameter needs whole-number bounds.
     """
+    if not raw:
+        raise ConfigError(f"{source} must map config fields to ranges, {SPACE_EXAMPLE}; it names none")
+    return [_space_parameter(name, spec, source) for name, spec in raw.items()]
+
+
+# The keys each parameter type takes in a search space.
+_SPACE_KEYS = {
+    "categorical": ("type", "choices"),
+    "float": ("type", "low", "high", "log"),
+    "int": ("type", "low", "high", "log"),
+}
+
+
+def _space_parameter(name: str, spec: Any, source: str) -> Parameter:
+    """One search-space entry as a Parameter: a config field, a known type, its keys, and values the field takes."""
     import difflib
 
-    def check_value(name: str, value: Any) -> None:  # a value the config field accepts, named with the file
-        try:
-            RunConfig().replace(**{name: value})
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
+    if name not in field_names():
+        close = difflib.get_close_matches(name, field_names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; valid: {', '.join(field_names())}"
+        raise ConfigError(f"{source}: {name!r} is not a config field{hint}")
+    if not isinstance(spec, dict) or spec.get("type") not in PARAMETER_TYPES:
+        raise ConfigError(f"{source}: {name} needs type: one of {', '.join(PARAMETER_TYPES)}, {SPACE_EXAMPLE}")
+    _check_space_keys(name, spec, source)
+    if spec["type"] == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{source}: {name} is categorical and needs a non-empty choices list, e.g. [a, b]")
+        for choice in choices:
+            _check_field_value(name, choice, source)  # each choice must be a valid value
+        return Parameter(name, "categorical", choices=tuple(choices))
+    return _range_parameter(name, spec, source)
 
-    example = SPACE_EXAMPLE
-    if not raw:
-        raise ConfigError(f"{source} must map config fields to ranges, {example}; it names none")
-    keys = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log")}
-    keys["int"] = keys["float"]
-    parameters = []
-    for name, spec in raw.items():
-        if name not in field_names():
-            close = difflib.get_close_matches(name, field_names(), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid: {', '.join(field_names())}"
-            raise ConfigError(f"{source}: {name!r} is not a config field{hint}")
-        if not isinstance(spec, dict) or spec.get("type") not in PARAMETER_TYPES:
-            raise ConfigError(f"{source}: {name} needs type: one of {', '.join(PARAMETER_TYPES)}, {example}")
-        kind = spec["type"]
-        a_kind = f"{'an' if kind == 'int' else 'a'} {kind} parameter"
-        for key in spec:
-            if key in keys[kind]:
-                continue
-            if key == "choices":
-                raise ConfigError(
-                    f"{source}: {name}: choices is for type categorical only; {a_kind} takes low, high, log"
-                )
-            if key in ("low", "high", "log"):
-                raise ConfigError(f"{source}: {name}: {key} is for types float and int only; {a_kind} takes choices")
-            known = ["type", "low", "high", "log", "choices"]
-            swapped = [k for k in known if sorted(k) == sorted(str(key))]  # letters swapped: 'lgo' is 'log'
-            close = swapped or difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: {name}: unknown key {key!r}{hint}; {a_kind} takes {', '.join(keys[kind])}")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"{source}: {name} is categorical and needs a non-empty choices list, e.g. [a, b]")
-            for choice in choices:
-                check_value(name, choice)  # each choice must be a valid value
-            parameters.append(Parameter(name, kind, choices=tuple(choices)))
+
+def _check_space_keys(name: str, spec: dict[str, Any], source: str) -> None:
+    """Fail on a key the parameter's type does not take, naming the keys it does take (and a likely typo)."""
+    import difflib
+
+    kind = spec["type"]
+    a_kind = f"{'an' if kind == 'int' else 'a'} {kind} parameter"
+    for key in spec:
+        if key in _SPACE_KEYS[kind]:
             continue
-        low, high = spec.get("low"), spec.get("high")
-        number = int if kind == "int" else (int, float)
-        if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-            what = "whole numbers" if kind == "int" else "numbers"
-            raise ConfigError(
-                f"{source}: {name} is {kind}, so it needs {what} low < high (got low={low!r}, high={high!r})"
-            )
-        log = spec.get("log", False)
-        if not isinstance(log, bool):
-            raise ConfigError(f"{source}: {name}: log must be true or false (got {log!r})")
-        if log and kind == "int" and low < 1:
-            raise ConfigError(f"{source}: {name} is log-scaled, so low must be 1 or more (got {low})")
-        if log and low <= 0:
-            raise ConfigError(f"{source}: {name} is log-scaled, so low must be above 0 (got {low})")
-        check_value(name, low if kind == "int" else float(low))
-        check_value(name, high if kind == "int" else float(high))
-        parameters.append(Parameter(name, kind, float(low), float(high), log))
-    return parameters
+        if key == "choices":
+            raise ConfigError(f"{source}: {name}: choices is for type categorical only; {a_kind} takes low, high, log")
+        if key in ("low", "high", "log"):
+            raise ConfigError(f"{source}: {name}: {key} is for types float and int only; {a_kind} takes choices")
+        known = ["type", "low", "high", "log", "choices"]
+        swapped = [k for k in known if sorted(k) == sorted(str(key))]  # letters swapped: 'lgo' is 'log'
+        close = swapped or difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: {name}: unknown key {key!r}{hint}; {a_kind} takes {', '.join(_SPACE_KEYS[kind])}")
+
+
+def _range_parameter(name: str, spec: dict[str, Any], source: str) -> Parameter:
+    """A float or int range: numbers low < high (whole for int), log-scaled only above 0 (from 1 for int)."""
+    kind, low, high = spec["type"], spec.get("low"), spec.get("high")
+    number = int if kind == "int" else (int, float)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        what = "whole numbers" if kind == "int" else "numbers"
+        raise ConfigError(f"{source}: {name} is {kind}, so it needs {what} low < high (got low={low!r}, high={high!r})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{source}: {name}: log must be true or false (got {log!r})")
+    if log and kind == "int" and low < 1:
+        raise ConfigError(f"{source}: {name} is log-scaled, so low must be 1 or more (got {low})")
+    if log and low <= 0:
+        raise ConfigError(f"{source}: {name} is log-scaled, so low must be above 0 (got {low})")
+    _check_field_value(name, low if kind == "int" else float(low), source)
+    _check_field_value(name, high if kind == "int" else float(high), source)
+    return Parameter(name, kind, float(low), float(high), log)
+
+
+def _check_field_value(name: str, value: Any, source: str) -> None:
+    """Fail, naming `source`, when config field `name` refuses `value`."""
+    try:
+        RunConfig().replace(**{name: value})
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def load_space(path: Path | None) -> list[Parameter]:
@@ -328,14 +344,13 @@ def _objective(
         config = base.replace(
             **values,
             output_dir=str(runs_dir / f"trial-{trial.number:04d}"),
-            tracking_parent=parent,
             extra={**base.extra, "study": trial.study.study_name, "trial": trial.number},
         )
         if cv_folds:  # held-out folds of the pool are evaluated; the test split stays out of it
-            result = cross_validate(config, folds=cv_folds, show_progress=False)
+            result = cross_validate(config, folds=cv_folds, show_progress=False, parent_run_id=parent)
             trial.set_user_attr("cv_dir", str(result.cv_dir))
             return float(result.metrics[metric])
-        callbacks = [*tracking_callbacks(config), PruneOnMetric(trial, metric)]
+        callbacks = [*tracking_callbacks(config, parent), PruneOnMetric(trial, metric)]
         trainer = Trainer(config, callbacks=callbacks, show_progress=False)
         trial.set_user_attr("run_dir", str(trainer.run_dir))
         # A finished or pruned trial is never resumed (a rerun of the study starts new trials); a trial that failed
@@ -387,7 +402,7 @@ def tune(
             raise PlantlibError(f"study {study_name} has no finished trial yet; run more trials")
         best = study.best_trial
         best_file = out / "best_config.json"
-        write_json(best_file, base.replace(**best.params, output_dir=None, tracking_parent=None).to_dict())
+        write_json(best_file, base.replace(**best.params, output_dir=None).to_dict())
         group.log_file(best_file)
         group.log_metrics({f"best_{metric}": float(best.value)})
     scored_on = "cross-validation folds" if cv_folds else "validation images"
@@ -401,9 +416,6 @@ def tune(
         finished=len(finished),
         scored_on=scored_on,
     )
-
-
-# ------------------------------------------------------------------------------------------ confirmation
 
 
 # ------------------------------------------------------------------------------------------ what a study shows

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from plantlib.checkpoint import BEST_CHECKPOINT
 from plantlib.config import RunConfig
 from plantlib.data import DecodedImageCache
 from plantlib.data.dataset import resize_side
 from plantlib.data.split import EXCLUDED
 from plantlib.errors import ConfigError
 from plantlib.inference.predictor import LoadedModel, Predictor, load_model
-from plantlib.runs import is_cv_dir
+from plantlib.runs import CvDir, is_cv_dir
 
 
 @dataclass
@@ -73,13 +72,13 @@ class Ensemble:
 
 def member_checkpoints(path: Path) -> list[Path]:
     """A checkpoint or run directory as itself; a cross-validation directory as its folds' best checkpoints."""
-    path = Path(path)
-    if is_cv_dir(path):
-        folds = sorted(run / BEST_CHECKPOINT for run in path.glob("repeat*-fold*") if (run / BEST_CHECKPOINT).is_file())
+    cv = CvDir(Path(path))
+    if cv.exists():
+        folds = [run.best_checkpoint for run in cv.fold_runs() if run.best_checkpoint.is_file()]
         if not folds:
             raise ConfigError(f"{path} is a cross-validation directory without finished folds; finish it first")
         return folds
-    return [path]
+    return [cv.path]
 
 
 def load_predictor(paths: Sequence[Path], device: str = "auto", engine: str = "auto", tta: bool = False) -> Predictor:

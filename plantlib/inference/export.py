@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from plantlib.checkpoint import BEST_CHECKPOINT, find_checkpoint
+from plantlib.checkpoint import find_checkpoint
 from plantlib.data.dataset import Normalization, resize_side
 from plantlib.data.names import as_text
 from plantlib.errors import PlantlibError
@@ -26,7 +26,7 @@ from plantlib.evaluation.metrics import interval, misclassified, with_ci
 from plantlib.inference.engine import export_onnx_graph
 from plantlib.inference.predictor import LoadedModel, load_model
 from plantlib.io import atomic_path, write_text
-from plantlib.runs import read_run_info
+from plantlib.runs import BEST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, RunDir
 
 EXPORT_FORMATS = ("onnx",)
 
@@ -113,17 +113,42 @@ def _score(metrics: dict[str, Any], key: str, ci_key: str) -> str:
 
 
 def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
-    """The model card in Markdown, from the run's files (run.json, metrics.json, predictions.csv)."""
-    info = read_run_info(run_dir)
-    metrics_file, predictions_file = run_dir / "metrics.json", run_dir / "predictions.csv"
-    if not metrics_file.is_file():
-        raise PlantlibError(f"{run_dir} has no metrics.json: finish (or resume) the run before exporting it")
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    config = loaded.config
-    sizes = info.get("sizes", {})
+    """The model card in Markdown, from the run's files (its run record, test metrics and predictions)."""
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
+    if metrics is None:
+        raise PlantlibError(f"{run.path} has no {METRICS_FILE}: finish (or resume) the run before exporting it")
     classes = ", ".join(md_text(name) for name in loaded.class_names)
     lines = [
-        f"# Model card: {md_text(run_dir.name)}",
+        f"# Model card: {md_text(run.name)}",
+        *_training_lines(run.read_info(), loaded, classes),
+        "",
+        f"## Test metrics (n = {metrics.get('n')})",
+        f"- Accuracy {_score(metrics, 'accuracy', 'accuracy')}",
+        f"- Macro F1 {_score(metrics, 'f1', 'f1_macro')}",
+        f"- ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "- ROC AUC n/a",
+        f"- Calibration: ECE {metrics.get('ece', float('nan')):.3f}, "
+        f"log loss {metrics.get('log_loss', float('nan')):.3f}",
+        "",
+        "The test split is small: intervals this wide mean differences of a few images are noise.",
+        "",
+        "## Known failure cases (most confidently wrong test images)",
+        *_failure_lines(run, failures),
+        "",
+        "## Intended use",
+        f"- Sorting photos into {classes} like those in the training data, as a research "
+        "baseline. Not validated on other cameras, places or seasons: evaluate on your own labelled images "
+        "first (`plantlib evaluate RUN --data-dir FOLDER`). Images of anything else still get one of these classes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _training_lines(info: dict[str, Any], loaded: LoadedModel, classes: str) -> list[str]:
+    """The card's model, data and training-recipe sections."""
+    config = loaded.config
+    sizes = info.get("sizes", {})
+    return [
         "",
         "## Model",
         f"- Backbone `{config.backbone}` ({str(info.get('weights', 'weights unknown')).split(' (')[0]}), "
@@ -143,36 +168,20 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
         f"learning rate {config.learning_rate:g} (backbone × {config.backbone_lr_factor:g}), schedule "
         f"{config.scheduler}, batch {config.batch_size}, fine-tuning `{config.finetune}` with "
         f"{info.get('frozen_blocks', '?')} leading blocks frozen; {info.get('train_seconds', '?')} s on "
-        f"{info.get('device', '?')}. Full config: config.json.",
-        "",
-        f"## Test metrics (n = {metrics.get('n')})",
-        f"- Accuracy {_score(metrics, 'accuracy', 'accuracy')}",
-        f"- Macro F1 {_score(metrics, 'f1', 'f1_macro')}",
-        f"- ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "- ROC AUC n/a",
-        f"- Calibration: ECE {metrics.get('ece', float('nan')):.3f}, "
-        f"log loss {metrics.get('log_loss', float('nan')):.3f}",
-        "",
-        "The test split is small: intervals this wide mean differences of a few images are noise.",
-        "",
-        "## Known failure cases (most confidently wrong test images)",
+        f"{info.get('device', '?')}. Full config: {CONFIG_FILE}.",
     ]
-    wrong = misclassified(pd.read_csv(predictions_file)) if predictions_file.is_file() else pd.DataFrame()
+
+
+def _failure_lines(run: RunDir, failures: int) -> list[str]:
+    """The `failures` most confidently wrong test images, one line each."""
+    wrong = misclassified(run.read_predictions()) if run.predictions_file.is_file() else pd.DataFrame()
     if wrong.empty:
-        lines.append("- none on the test split")
-    for row in wrong.head(failures).itertuples():
-        lines.append(
-            f"- {md_code(row.path)}: labelled {md_text(row.true)}, predicted {md_text(row.predicted)} "
-            f"(p={row.confidence:.2f})"
-        )
-    lines += [
-        "",
-        "## Intended use",
-        f"- Sorting photos into {classes} like those in the training data, as a research "
-        "baseline. Not validated on other cameras, places or seasons: evaluate on your own labelled images "
-        "first (`plantlib evaluate RUN --data-dir FOLDER`). Images of anything else still get one of these classes.",
-        "",
+        return ["- none on the test split"]
+    return [
+        f"- {md_code(row.path)}: labelled {md_text(row.true)}, predicted {md_text(row.predicted)} "
+        f"(p={row.confidence:.2f})"
+        for row in wrong.head(failures).itertuples()
     ]
-    return "\n".join(lines)
 
 
 def card_html(markdown_text: str, title: str) -> str:

@@ -34,7 +34,7 @@ from plantlib.evaluation.metrics import (
 from plantlib.inference.engine import Forward, compile_for_inference
 from plantlib.models.backbones import Classifier, build_model, fuses_batchnorm
 from plantlib.models.fusion import fuse_batchnorm
-from plantlib.runs import read_run_info
+from plantlib.runs import RunDir
 from plantlib.runtime import autocast_dtype, resolve_device, torch_threads
 
 
@@ -261,7 +261,7 @@ def predict_files(loaded: Predictor, paths: Sequence[Path], batch_size: int = 32
 def run_data(loaded: Predictor) -> PreparedData:
     """The data a checkpoint's run was trained on: its recorded folder and split file, never a new split."""
     config = loaded.config
-    info = read_run_info(loaded.run_dir)
+    info = RunDir(loaded.run_dir).read_info()
     if info.get("split_file") and Path(info["split_file"]).is_file():
         config = config.replace(split_file=info["split_file"], data_dir=info.get("data_dir", config.data_dir))
     return prepare_data(config.replace(new_split=False), show_progress=False)

@@ -210,11 +210,6 @@ def _imagenet_network(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         raise WeightsUnavailableError(_missing_weights_message(spec, f"{type(err).__name__}: {err}")) from err
 
 
-def imagenet_model(backbone: str) -> nn.Module:
-    """The pretrained 1000-class ImageNet classifier in eval mode, to sanity-check weights and inputs."""
-    return _imagenet_network(get_spec(backbone), pretrained=True).eval()
-
-
 # ---------------------------------------------------------------------------------------------- model
 
 
@@ -278,7 +273,7 @@ def build_model(
 ) -> Classifier:
     """A classifier for `num_classes` on top of `backbone`; pretrained=False never touches the network.
 
-    fuse_bn=True folds the backbone's BatchNorm into its convolutions (see `plantlib.models.fusion`): the fast form
+    fuse_bn=True fuses the backbone's BatchNorm into its convolutions (see `plantlib.models.fusion`): the fast form
     for fine-tuning with fixed BatchNorm statistics, and for inference. Checkpoints record which form they hold.
     The mlp head's BatchNorm layers need batches of two or more images in training mode.
     """
@@ -300,7 +295,7 @@ def cam_target_layer(model: Classifier) -> nn.Module:
 
 
 def fuses_batchnorm(freeze_bn: bool, finetune: str) -> bool:
-    """Whether a run keeps the backbone's BatchNorm folded into its convolutions: whenever its statistics are fixed."""
+    """Whether a run keeps the backbone's BatchNorm fused into its convolutions: whenever its statistics are fixed."""
     return freeze_bn or finetune == "head"
 
 

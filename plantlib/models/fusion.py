@@ -1,6 +1,6 @@
-"""Fast forms of a backbone: TF "same" padding made static, and fixed BatchNorm folded into convolutions.
+"""Fast forms of a backbone: TF "same" padding made static, and fixed BatchNorm fused into convolutions.
 
-Both rewrites compute the same function as the original network. Folding removes a BatchNorm's forward,
+Both rewrites compute the same function as the original network. Fusing removes a BatchNorm's forward,
 backward and saved activations from every training step, which on a CPU is about a third of the memory
 and a tenth of the time of fine-tuning; it is only valid while the BatchNorm statistics stay fixed
 (`freeze_bn`, or evaluation).
@@ -94,11 +94,11 @@ def conv_batchnorm_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[nn
 
 
 def fuse_batchnorm(net: nn.Module, example: torch.Tensor | None = None) -> int:
-    """Fold every BatchNorm2d that directly follows a convolution into it (weights and bias), in place.
+    """Fuse every BatchNorm2d that directly follows a convolution into it (weights and bias), in place.
 
-    The convolution gains a trainable bias; the BatchNorm becomes `nn.Identity`. Checked: the folded network
+    The convolution gains a trainable bias; the BatchNorm becomes `nn.Identity`. Checked: the fused network
     gives the same output as before on `example`, else nothing is left half-changed and ValueError is raised.
-    Returns how many BatchNorms were folded.
+    Returns how many BatchNorms were fused.
     """
     example = torch.rand(2, 3, 64, 64) if example is None else example
     pairs = conv_batchnorm_pairs(net, example)
@@ -108,9 +108,9 @@ def fuse_batchnorm(net: nn.Module, example: torch.Tensor | None = None) -> int:
     net.eval()
     with torch.no_grad():
         before = net(example)
-    folded_ids = {id(bn) for _, bn in pairs}
+    fused_ids = {id(bn) for _, bn in pairs}
     saved = [(conv, conv.weight, conv.bias) for conv, _ in pairs]
-    replacements = [(p, n, c) for p, n, c in _children_of_type(net, nn.BatchNorm2d) if id(c) in folded_ids]
+    replacements = [(p, n, c) for p, n, c in _children_of_type(net, nn.BatchNorm2d) if id(c) in fused_ids]
     for conv, bn in pairs:
         weight, bias = fuse_conv_bn_weights(
             conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
@@ -128,7 +128,7 @@ def fuse_batchnorm(net: nn.Module, example: torch.Tensor | None = None) -> int:
         for parent, name, bn in replacements:
             setattr(parent, name, bn)
         net.train(was_training)
-        raise ValueError("folding BatchNorm changed the network's output; the architecture reuses a conv output")
+        raise ValueError("fusing BatchNorm changed the network's output; the architecture reuses a conv output")
     net.train(was_training)
     return len(pairs)
 

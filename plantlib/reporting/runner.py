@@ -27,13 +27,7 @@ from plantlib.reporting.index import Invocation, NotebookRun, start_invocation
 from plantlib.reporting.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 
 NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
-REPORT_DIR_ENV = "PLANTLIB_REPORT_DIR"
 KERNEL_START_ATTEMPTS = 3  # a kernel that dies before its first reply is started again
-
-
-def current_report_dir() -> Path:
-    """The folder of the running report invocation (set for its kernels by the runner), else artifacts/reports."""
-    return Path(os.environ.get(REPORT_DIR_ENV) or reports_dir())
 
 
 def kernel_name() -> str:
@@ -83,11 +77,11 @@ def check_plan(plan: dict[str, dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def _kernel_environment(summary_file: Path) -> Iterator[None]:
-    """Environment the kernel inherits: where to write its summary and which report folder it belongs to.
+    """Environment the kernel inherits: where to write its summary.
 
     Nothing else differs from a plain `papermill` run, so both give the same report.
     """
-    changes = {SUMMARY_ENV: str(summary_file), REPORT_DIR_ENV: str(summary_file.parent)}
+    changes = {SUMMARY_ENV: str(summary_file)}
     saved = {k: os.environ.get(k) for k in changes}
     os.environ.update(changes)
     try:
@@ -136,10 +130,9 @@ def run_notebook(
     `echo` prints each code cell as it starts and every line the notebook prints; `no_input` leaves the code
     cells out of the HTML page.
     """
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from plantlib.reporting.console import ENGINE_NAME, NotebookConsole
+    from plantlib.reporting.console import NotebookConsole
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -153,26 +146,7 @@ def run_notebook(
     echoing = {"stdout_file": console, "cell_started": console.cell_started} if console else {}
     try:
         with _kernel_environment(summary_file), _stderr_to(output.with_suffix(".kernel.log")):
-            for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
-                try:
-                    papermill.execute_notebook(
-                        str(notebooks_dir() / f"{name}.ipynb"),
-                        str(partial),
-                        parameters=parameters or {},
-                        kernel_name=kernel_name(),
-                        cwd=str(notebooks_dir()),
-                        progress_bar=False,
-                        log_output=False,
-                        engine_name=ENGINE_NAME,
-                        **echoing,
-                    )
-                    break
-                except RuntimeError as error:
-                    # Kernels started at the same moment by two reports can pick the same free ports; the loser
-                    # dies before it runs a cell, so starting it again is safe.
-                    if "Kernel died before replying" not in str(error) or attempt == KERNEL_START_ATTEMPTS:
-                        raise
-                    time.sleep(random.uniform(0.5, 2.0))
+            _execute(name, partial, parameters, echoing)
     except PapermillExecutionError as error:
         run.status = "interrupted" if error.ename == "KeyboardInterrupt" else "failed"
         run.error = f"cell {error.cell_index} (In [{error.exec_count}]): {error.ename}: {error.evalue}"
@@ -186,6 +160,35 @@ def run_notebook(
     if output.is_file():
         export_html(output, run.html, no_input=no_input)
     return run
+
+
+def _execute(name: str, output: Path, parameters: dict[str, Any] | None, echoing: dict[str, Any]) -> None:
+    """papermill runs `notebooks/<name>.ipynb` into `output`; a kernel that dies before its first reply is
+    started again (up to KERNEL_START_ATTEMPTS times)."""
+    import papermill
+
+    from plantlib.reporting.console import ENGINE_NAME
+
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            papermill.execute_notebook(
+                str(notebooks_dir() / f"{name}.ipynb"),
+                str(output),
+                parameters=parameters or {},
+                kernel_name=kernel_name(),
+                cwd=str(notebooks_dir()),
+                progress_bar=False,
+                log_output=False,
+                engine_name=ENGINE_NAME,
+                **echoing,
+            )
+            return
+        except RuntimeError as error:
+            # Kernels started at the same moment by two reports can pick the same free ports; the loser dies
+            # before it runs a cell, so starting it again is safe.
+            if "Kernel died before replying" not in str(error) or attempt == KERNEL_START_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.5, 2.0))
 
 
 _EMPTY_SCRIPT = re.compile(r"<script src=\"\">\s*</script>\s*")
