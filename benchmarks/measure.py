@@ -66,7 +66,7 @@ def epochs(recipe: str, batch_size: int, epochs: int = 3, device: str = "cpu") -
     else:
         from plantlib.training.trainer import Trainer
 
-        trainer = Trainer(config, data=data, show_progress=False)
+        trainer = Trainer.build(config, data=data, show_progress=False)
         trained = trainer.fit()
         epoch_s = [row["seconds"] for row in trained.history]
         train_s = [row["train_seconds"] for row in trained.history]
@@ -97,7 +97,7 @@ def default_run(device: str = "cpu") -> dict[str, Any]:
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
     config = bench_config(device=device)
-    trained = Trainer(config, show_progress=False).fit()
+    trained = Trainer.build(config, show_progress=False).fit()
     wall = time.perf_counter() - started
     return {
         "recipe": "plantlib default",
@@ -217,7 +217,7 @@ def scaling(factor: int, epochs: int = 2, cache_memory_mb: float | None = None) 
     config = bench_config(**changes)
     data = replicate_training_split(prepare_data(config, show_progress=False), factor, BENCH_DIR / "replicated")
     cache = build_image_cache(config)
-    trained = Trainer(config, data=data, show_progress=False, image_cache=cache).fit()
+    trained = Trainer.build(config, data=data, show_progress=False, image_cache=cache).fit()
     train_s = [row["train_seconds"] for row in trained.history]
     return {
         "factor": factor,
@@ -278,7 +278,7 @@ def tracking(tracked: bool, epochs: int = 3) -> dict[str, Any]:
             self._timed("on_fit_end", trainer, result)
 
     started = time.perf_counter()
-    trained = Trainer(config, data=data, show_progress=False, callbacks=[Timed(tracking_callbacks(config))]).fit()
+    trained = Trainer.build(config, data=data, show_progress=False, callbacks=[Timed(tracking_callbacks(config))]).fit()
     return {
         "tracked": tracked,
         "epoch_seconds": [row["seconds"] for row in trained.history],

@@ -29,7 +29,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     root = tmp_path_factory.mktemp("better")
     data = write_dataset(root / "d", {"ant": 12, "bee": 12})
     runs = [
-        Trainer(tiny_config(data, root / "runs", epochs=1, seed=seed), show_progress=False).fit().run_dir
+        Trainer.build(tiny_config(data, root / "runs", epochs=1, seed=seed), show_progress=False).fit().run_dir
         for seed in (1, 2)
     ]
     return runs[0], runs[1], data
@@ -78,7 +78,7 @@ def test_an_ensemble_averages_its_members_and_saves_apart_from_them(two_runs: tu
 def test_members_of_different_classes_are_refused(two_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     first, _, _ = two_runs
     other_data = write_dataset(tmp_path / "o", {"cat": 8, "dog": 8})
-    other = Trainer(tiny_config(other_data, tmp_path / "runs", epochs=1), show_progress=False).fit().run_dir
+    other = Trainer.build(tiny_config(other_data, tmp_path / "runs", epochs=1), show_progress=False).fit().run_dir
     with pytest.raises(ConfigError, match="must share their classes"):
         load_predictor([first, other], engine="torch")
 
@@ -121,20 +121,20 @@ def test_batch_mixing_gives_soft_targets_and_mixed_images() -> None:
 def test_a_mixed_run_resumes_to_the_same_weights(two_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, _, data = two_runs
     config = tiny_config(data, tmp_path / "runs", epochs=3, mixup_alpha=0.4, cutmix_alpha=1.0, mix_probability=0.8)
-    reference = Trainer(config, show_progress=False).fit()
+    reference = Trainer.build(config, show_progress=False).fit()
 
     def stop_after_epoch_1(trainer: Trainer, record: dict) -> None:
         if record["epoch"] == 1:
             raise KeyboardInterrupt
 
-    interrupted = Trainer(config, callbacks=[stop_after_epoch_1], show_progress=False)
+    interrupted = Trainer.build(config, callbacks=[stop_after_epoch_1], show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     resumed = Trainer.resume(interrupted.run_dir, show_progress=False).fit()
     final = torch.load(resumed.run_dir / "last.pt", weights_only=False)["model"]
     expected = torch.load(reference.run_dir / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)
-    unmixed = Trainer(config.replace(mixup_alpha=0.0, cutmix_alpha=0.0), show_progress=False).fit()
+    unmixed = Trainer.build(config.replace(mixup_alpha=0.0, cutmix_alpha=0.0), show_progress=False).fit()
     assert unmixed.history[0]["train_loss"] != reference.history[0]["train_loss"]  # mixing took part
 
 

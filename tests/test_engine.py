@@ -8,12 +8,12 @@ import torch
 
 from plantlib.data.dataset import eval_transform
 from plantlib.errors import ConfigError
+from plantlib.experiments import train
 from plantlib.inference import engine as engine_module
 from plantlib.inference.engine import OpenVinoClassifier, compile_for_inference
 from plantlib.inference.predictor import evaluate_split, load_model, predict_files
 from plantlib.models.backbones import build_model, normalization_for
 from plantlib.runtime import torch_threads
-from plantlib.training.trainer import train
 from tests.conftest import pattern_image, tiny_config, write_dataset
 
 

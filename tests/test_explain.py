@@ -39,7 +39,7 @@ def corner_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config = tiny_config(
         data, root / "runs", image_size=128, epochs=6, batch_size=8, head="linear", dropout=0.0, learning_rate=3e-3
     )
-    result = Trainer(config, show_progress=False).fit()
+    result = Trainer.build(config, show_progress=False).fit()
     assert result.test_metrics["accuracy"] >= 0.75, result.test_metrics  # it learnt the cue
     return result.run_dir, data
 

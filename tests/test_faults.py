@@ -156,10 +156,10 @@ def test_two_runs_started_together_never_share_a_directory(data_dir: Path, tmp_p
 
 def test_a_checkpoint_of_another_backbone_or_class_list_is_refused(data_dir: Path, tmp_path: Path) -> None:
     base = tiny_config(data_dir, tmp_path, image_size=48, batch_size=4, epochs=1)
-    trainer = Trainer(base, show_progress=False)
+    trainer = Trainer.build(base, show_progress=False)
     trainer.fit()
     checkpoint = load_checkpoint(trainer.run_dir / "last.pt")
-    other = Trainer(base.replace(backbone="mobilenet_v2", pretrained=False), show_progress=False)
+    other = Trainer.build(base.replace(backbone="mobilenet_v2", pretrained=False), show_progress=False)
     with pytest.raises(CheckpointError, match="checkpoint is for backbone efficientnet_lite0"):
         other.restore(checkpoint)
     checkpoint["class_names"] = ["cat", "dog"]
@@ -175,7 +175,7 @@ def test_odd_images_train_end_to_end(tmp_path: Path) -> None:
     (root / "ant" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     config = tiny_config(root, tmp_path / "runs", image_size=48, batch_size=4, epochs=1)
     with pytest.warns(UserWarning, match="skipped 1 of 16 files"):
-        result = Trainer(config, show_progress=False).fit()
+        result = Trainer.build(config, show_progress=False).fit()
     assert result.test_metrics["n"] == 4 and len(result.history) == 1
 
 

@@ -118,7 +118,7 @@ def test_class_names_that_look_like_markup_stay_text_in_the_model_card_and_onnx_
     os.rename(data / "ant", data / MARKUP)
     os.rename(data / "bee", data / "b|e`e")
     config = tiny_config(data, tmp_path / "runs", backbone="resnet18", pretrained=False, image_size=48, epochs=1)
-    run_dir = Trainer(config.replace(batch_size=4), show_progress=False).fit().run_dir
+    run_dir = Trainer.build(config.replace(batch_size=4), show_progress=False).fit().run_dir
     model_file, card_file, page_file = export_run(run_dir)
 
     card = card_file.read_text(encoding="utf-8")

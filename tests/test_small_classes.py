@@ -34,7 +34,7 @@ def test_the_issue_case_tests_the_small_class_too(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "d", {"big": 100, "rare": 3}, size=(40, 30))
     config = tiny_config(data, tmp_path / "runs", backbone="resnet18", pretrained=False, image_size=32, epochs=1)
     config = config.replace(val_fraction=0.15, test_fraction=0.15, batch_size=16)
-    result = Trainer(config, show_progress=False).fit()
+    result = Trainer.build(config, show_progress=False).fit()
     metrics = result.test_metrics
     assert metrics["n"] == 16 and metrics["per_class"]["rare"]["support"] == 1
     assert metrics["absent_classes"] == []

@@ -118,7 +118,7 @@ def test_a_tiny_run_is_recorded_on_a_server_and_resume_continues_the_same_run(
         if record["epoch"] == 2:
             raise KeyboardInterrupt
 
-    first = Trainer(config, callbacks=[*tracking_callbacks(config), interrupt_after_epoch_2], show_progress=False)
+    first = Trainer.build(config, callbacks=[*tracking_callbacks(config), interrupt_after_epoch_2], show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     run = only_run(server.uri)
@@ -159,7 +159,7 @@ def test_a_killed_server_loses_nothing_and_track_brings_the_store_up_to_date(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = Trainer(
+        result = Trainer.build(
             config, callbacks=[*tracking_callbacks(config), kill_server_after_epoch_1], show_progress=False
         ).fit()
     assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.test_metrics is not None
@@ -286,7 +286,7 @@ def test_export_matches_predict_and_the_card_names_the_run_metrics(data_dir: Pat
     import onnxruntime
 
     config = tiny_config(data_dir, tmp_path / "runs", **TINY, epochs=2)
-    result = Trainer(config, show_progress=False).fit()
+    result = Trainer.build(config, show_progress=False).fit()
     done = run_cli("export", str(result.run_dir), "--no-tracking")
     assert done.returncode == 0, done.stderr
     model_file = result.run_dir / "export" / f"{result.run_dir.name}.onnx"

@@ -1,5 +1,6 @@
 """The Trainer on tiny data: run directory contents, determinism, exact resume, stages and schedules."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,10 @@ import torch
 from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plantlib.config import RunConfig
 from plantlib.errors import PlantlibError
+from plantlib.experiments import train
+from plantlib.training.build import build_run
 from plantlib.training.optim import build_optimizer, build_scheduler
-from plantlib.training.trainer import Trainer, train
+from plantlib.training.trainer import Trainer
 from tests.conftest import tiny_config, write_dataset
 
 
@@ -41,6 +44,8 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     } <= names
     assert RunConfig.from_json(result.run_dir / "config.json") == config
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.best_record == result.history[result.best_epoch - 1]  # the record of the epoch best.pt holds
+    assert result.best_record["val_loss"] == result.best_metric  # the default monitor
     assert set(result.history[0]) >= {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"}
     checkpoint = load_checkpoint(result.run_dir / "best.pt")
     assert checkpoint["class_names"] == ["ant", "bee"] and checkpoint["config"]["image_size"] == 64
@@ -55,7 +60,7 @@ def test_a_run_writes_a_complete_self_describing_run_directory(data_dir: Path, t
     )
     assert (result.run_dir / "best.pt").stat().st_size < 0.8 * (result.run_dir / "last.pt").stat().st_size
     with pytest.raises(CheckpointError, match=r"weights only; resume from the run's last\.pt"):
-        Trainer(config, show_progress=False).restore(checkpoint)
+        Trainer.build(config, show_progress=False).restore(checkpoint)
 
 
 def test_same_seed_same_history_and_another_seed_differs(data_dir: Path, tmp_path: Path) -> None:
@@ -75,7 +80,9 @@ def test_an_interrupted_run_resumes_to_the_same_result(data_dir: Path, tmp_path:
         if record["epoch"] == 2:
             raise KeyboardInterrupt
 
-    trainer = Trainer(tiny(data_dir, tmp_path, epochs=4), callbacks=[interrupt_after_epoch_2], show_progress=False)
+    trainer = Trainer.build(
+        tiny(data_dir, tmp_path, epochs=4), callbacks=[interrupt_after_epoch_2], show_progress=False
+    )
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_checkpoint(trainer.run_dir / "last.pt")["epoch"] == 2
@@ -97,7 +104,7 @@ def test_two_stage_keeps_the_backbone_fixed_during_the_head_stage(data_dir: Path
         snapshots.append([p.detach().clone() for p in trainer.model.backbone.parameters()])
 
     config = tiny(data_dir, tmp_path, finetune="two_stage", head_epochs=1, epochs=2)
-    trainer = Trainer(config, callbacks=[snapshot], show_progress=False)
+    trainer = Trainer.build(config, callbacks=[snapshot], show_progress=False)
     before = [p.detach().clone() for p in trainer.model.backbone.parameters()]
     result = trainer.fit()
     assert [row["backbone_trainable"] for row in result.history] == [False, True]
@@ -187,7 +194,7 @@ def test_frozen_blocks_stay_fixed_and_the_checkpoint_predicts_as_the_run_did(
     from plantlib.models.fusion import has_batchnorm2d
 
     config = tiny(data_dir, tmp_path, epochs=1, frozen_blocks=3, freeze_bn=freeze_bn)
-    trainer = Trainer(config, show_progress=False)
+    trainer = Trainer.build(config, show_progress=False)
     assert has_batchnorm2d(trainer.model.backbone) is not freeze_bn  # fixed statistics are folded away
     blocks = backbone_blocks(trainer.model)
     frozen_before = [p.detach().clone() for m in blocks[0] + blocks[1] + blocks[2] for p in m.parameters()]
@@ -207,3 +214,33 @@ def test_frozen_blocks_stay_fixed_and_the_checkpoint_predicts_as_the_run_did(
     assert frame["path"].tolist() == recorded["path"].tolist()
     for column in ("p_ant", "p_bee"):
         assert frame[column].to_numpy() == pytest.approx(recorded[column].to_numpy(), abs=1e-4)
+
+
+def test_a_trainer_is_built_without_file_or_network_io(data_dir: Path, tmp_path: Path) -> None:
+    """The parts are built first (data, model, loaders); making the Trainer itself opens, creates and connects
+    nothing, even for a run directory inside a read-only folder. Its run directory is made when `fit` starts."""
+    config = tiny(data_dir, tmp_path)
+    parts = build_run(config, show_progress=False)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    events: list[tuple[str, object]] = []
+    watching = [False]
+    watched = ("open", "os.mkdir", "os.rename", "os.remove", "os.chmod", "shutil.copyfile")
+
+    def audit(event: str, args: tuple) -> None:
+        if watching[0] and (event in watched or event.startswith("socket.")):
+            events.append((event, args[0] if args else None))
+
+    sys.addaudithook(audit)  # hooks cannot be removed; this one goes quiet when the block ends
+    read_only.chmod(0o500)
+    watching[0] = True
+    try:
+        trainers = [Trainer(parts), Trainer(parts, run_dir=read_only / "run", callbacks=[lambda trainer, record: None])]
+    finally:
+        watching[0] = False
+    read_only.chmod(0o700)
+    assert events == []
+    assert trainers[0].run_dir is None and not (tmp_path / "runs").exists()
+    assert list(read_only.iterdir()) == []
+    result = trainers[0].fit()  # the run directory appears with the first write
+    assert result.run_dir.parent == tmp_path / "runs" and (result.run_dir / "config.json").is_file()

@@ -49,7 +49,7 @@ def test_ctrl_c_during_epoch_2s_checkpoint_names_the_epoch_last_pt_holds(
 
     monkeypatch.setattr(train_module, "save_checkpoint", interrupted_save)
     config = tiny_config(data_dir, tmp_path, backbone="resnet18", pretrained=False, image_size=48, batch_size=4)
-    trainer = Trainer(config.replace(epochs=2), show_progress=False)
+    trainer = Trainer.build(config.replace(epochs=2), show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     printed = capsys.readouterr().out
@@ -112,7 +112,7 @@ def test_a_short_write_with_room_to_spare_is_not_called_a_full_disk(
 ) -> None:
     full_disk_on_first_checkpoint(monkeypatch, RuntimeError(SHORT_WRITE))
     config = tiny_config(data_dir, tmp_path, backbone="resnet18", pretrained=False, image_size=48, batch_size=4)
-    trainer = Trainer(config.replace(epochs=1), show_progress=False)
+    trainer = Trainer.build(config.replace(epochs=1), show_progress=False)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         trainer.fit()
     assert read_run_info(trainer.run_dir)["status"] == "failed"
@@ -128,7 +128,7 @@ def test_resume_without_last_pt_names_the_epoch_best_pt_holds(
         raise KeyboardInterrupt
 
     config = tiny_config(data_dir, tmp_path, backbone="resnet18", pretrained=False, image_size=48, batch_size=4)
-    trainer = Trainer(config.replace(epochs=2), callbacks=[interrupt_after_epoch_1], show_progress=False)
+    trainer = Trainer.build(config.replace(epochs=2), callbacks=[interrupt_after_epoch_1], show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert seen[0]["status"] == "running" and seen[0]["process"] == this_process()  # who runs it, while it runs

@@ -30,7 +30,7 @@ from plantlib.experiments.tune import (
     tune,
 )
 from plantlib.runs import read_cv_info, read_run_info
-from plantlib.training.optim import EarlyStopping
+from plantlib.training.stopping import EarlyStopping
 from plantlib.training.trainer import StopTraining, TrainingResult
 from tests.conftest import tiny_config, write_dataset
 

@@ -11,7 +11,7 @@ from plantlib.training.trainer import CallbackLike, Trainer, TrainingResult
 
 def train(config: RunConfig, callbacks: Sequence[CallbackLike] = (), show_progress: bool = True) -> TrainingResult:
     """The one-call happy path: prepare data, build the model, fit, test; tracked unless tracking is off."""
-    trainer = Trainer(config, callbacks=[*tracking_callbacks(config), *callbacks], show_progress=show_progress)
+    trainer = Trainer.build(config, callbacks=[*tracking_callbacks(config), *callbacks], show_progress=show_progress)
     return trainer.fit()
 
 

@@ -216,7 +216,7 @@ def _run_fold(
             trainer = Trainer.resume(run.path, everything, show_progress, data=fold_data, image_cache=cache)
         else:
             RunDir.create_at(run.path, fold_config)
-            trainer = Trainer(fold_config, fold_data, run.path, everything, show_progress, image_cache=cache)
+            trainer = Trainer.build(fold_config, fold_data, run.path, everything, show_progress, image_cache=cache)
         trainer.fit()
         drop_resume_state(run.path)  # a finished fold resumes nothing
     metrics = run.read_metrics()

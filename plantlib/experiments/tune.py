@@ -29,6 +29,7 @@ from plantlib.experiments.cv import cross_validate
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
+from plantlib.runs import RunDir
 from plantlib.training.trainer import Callback, StopTraining, Trainer, TrainingResult
 
 DEFAULT_SPACE = """
@@ -300,10 +301,10 @@ def trial_value(result: TrainingResult, metric: str) -> float:
     That is the early-stopping monitor's best epoch (`result.best_epoch`), under either monitor: with
     `early_stopping_monitor="val_accuracy"` the epoch of the lowest validation loss may be one best.pt never held.
     """
-    rows = [row for row in result.history if int(row["epoch"]) == result.best_epoch]
-    if not rows:
+    record = result.best_record
+    if record is None:
         raise PlantlibError(f"{result.run_dir}: its history has no row for best epoch {result.best_epoch}")
-    return float(rows[-1][EPOCH_METRICS[metric]])
+    return float(record[EPOCH_METRICS[metric]])
 
 
 def optimism_note(finished: int, scored_on: str = "validation images") -> str:
@@ -351,16 +352,17 @@ def _objective(
             trial.set_user_attr("cv_dir", str(result.cv_dir))
             return float(result.metrics[metric])
         callbacks = [*tracking_callbacks(config, parent), PruneOnMetric(trial, metric)]
-        trainer = Trainer(config, callbacks=callbacks, show_progress=False)
-        trial.set_user_attr("run_dir", str(trainer.run_dir))
+        run_dir = RunDir.create(config).path  # named in the study before training starts
+        trainer = Trainer.build(config, run_dir=run_dir, callbacks=callbacks, show_progress=False)
+        trial.set_user_attr("run_dir", str(run_dir))
         # A finished or pruned trial is never resumed (a rerun of the study starts new trials); a trial that failed
         # otherwise keeps its last.pt.
         try:
             trained = trainer.fit(evaluate_test=False)  # choosing hyperparameters must not see test scores
         except StopTraining as stop:
-            drop_resume_state(trainer.run_dir)
+            drop_resume_state(run_dir)
             raise optuna.TrialPruned(str(stop)) from stop
-        drop_resume_state(trainer.run_dir)
+        drop_resume_state(run_dir)
         return trial_value(trained, metric)
 
     return objective

@@ -1,6 +1,7 @@
-"""The build steps of a run, each with explicit inputs: process, data loaders, model, run directory, run facts.
-
-The Trainer calls them in order; cross-validation, sweeps and benchmarks can call them one by one.
+"""The parts of a run, built in named steps with explicit inputs: process and device, data, model, loaders,
+optimisation. `build_run` calls them in order and returns `RunParts`; nothing here touches a run directory, so
+the Trainer, the learning-rate range test and benchmarks build the same parts and differ only in what they do
+with them. Also the run's facts (run.json's description) and the start-up summary.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from plantlib.data.dataset import resize_side
 from plantlib.distributed import (
     DistributedContext,
     barrier,
-    broadcast,
     device_for,
     init_distributed,
     launched_by_torchrun,
+    per_rank_batch_size,
     shard,
 )
 from plantlib.errors import ConfigError, PlantlibError
@@ -50,8 +51,8 @@ from plantlib.models.backbones import (
     weights_source,
 )
 from plantlib.paths import artifacts_dir
-from plantlib.runs import new_run_dir
-from plantlib.runtime import resolve_device
+from plantlib.runtime import autocast_dtype, keep_freed_memory, loader_workers, resolve_device, seed_everything
+from plantlib.training.optim import Optimization, build_optimization
 
 
 def setup_process(config: RunConfig) -> tuple[torch.device, DistributedContext]:
@@ -179,13 +180,76 @@ def build_run_model(config: RunConfig, num_classes: int, device: torch.device) -
     return model
 
 
-def create_run_dir(config: RunConfig, dist: DistributedContext) -> Path:
-    """A new run directory holding config.json, made by rank 0 and shared with the other ranks."""
-    created = new_run_dir(config.backbone, config.output_dir) if dist.is_main else None
-    run_dir = Path(broadcast(created, dist))
-    if dist.is_main:
-        config.to_json(run_dir / "config.json")
-    return run_dir
+@dataclass
+class RunParts:
+    """What one run trains with: built by `build_run`, owned by whoever runs the loop (the Trainer)."""
+
+    config: RunConfig
+    data: PreparedData
+    device: torch.device
+    dist: DistributedContext
+    model: Classifier
+    loaders: RunLoaders
+    optimization: Optimization
+    epochs: int  # 1 for a smoke run (`fast`)
+    max_batches: int | None  # cap on batches per epoch and evaluation (smoke runs, tests)
+    batch_size: int  # per process
+    train_dtype: torch.dtype | None  # autocast dtype of training steps; None: fp32
+    eval_dtype: torch.dtype | None  # autocast dtype of evaluation passes
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.classes)
+
+
+def build_run(
+    config: RunConfig,
+    data: PreparedData | None = None,
+    image_cache: DecodedImageCache | None = None,
+    show_progress: bool = True,
+) -> RunParts:
+    """Every part of a run of `config`, seeded; no run directory is made or written.
+
+    `data` skips preparing the data again (a cross-validation fold's own split); `image_cache` lets several runs
+    in one process (folds, trials) decode each image once.
+    """
+    device, dist = setup_process(config)
+    batch_size = per_rank_batch_size(config.batch_size, dist)
+    data = data or prepare_run_data(config, dist, show_progress)
+    max_batches = config.max_batches or (2 if config.fast else None)
+    epochs = 1 if config.fast else config.epochs
+    train_dtype = autocast_dtype(config.precision, device, training=True)
+    keep_freed_memory()
+    seed_everything(config.seed)
+    model = build_run_model(config, len(data.classes), device)
+    loaders = build_loaders(
+        {split: data.frame(split) for split in ("train", "val", "test")},
+        config,
+        normalization_for(config.backbone),
+        batch_size,
+        device,
+        dist,
+        image_cache or build_image_cache(config),
+        max_batches,
+        loader_workers(config.num_workers, device),
+    )
+    steps = min(len(loaders.train), max_batches or len(loaders.train))
+    optimization = build_optimization(model, config, steps, epochs, device.type, train_dtype, len(data.classes))
+    eval_dtype = autocast_dtype(config.precision, device, training=False)
+    return RunParts(
+        config,
+        data,
+        device,
+        dist,
+        model,
+        loaders,
+        optimization,
+        epochs,
+        max_batches,
+        batch_size,
+        train_dtype,
+        eval_dtype,
+    )
 
 
 def run_facts(

@@ -99,7 +99,7 @@ def train_here_or_launched(
     if launches_torchrun(nproc):
         run_dir = Path(resume) if resume else RunDir.create(config).path
         return result_from_run_dir(run_torchrun(run_dir, nproc, train_args))
-    trainer = Trainer.resume(Path(resume), callbacks) if resume else Trainer(config, callbacks=callbacks)
+    trainer = Trainer.resume(Path(resume), callbacks) if resume else Trainer.build(config, callbacks=callbacks)
     try:
         return trainer.fit()
     finally:

@@ -8,6 +8,7 @@ backbone's `backbone_lr_factor`), and nothing is kept: the model and optimiser a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -19,9 +20,8 @@ from plantlib.config import RunConfig
 from plantlib.errors import ConfigError
 from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
-from plantlib.runtime import maybe_autocast
-from plantlib.training.loop import set_training_mode
-from plantlib.training.trainer import Trainer
+from plantlib.training.build import RunParts, build_run
+from plantlib.training.loop import StagedModel, train_step
 
 SMOOTHING = 0.98  # exponential moving average of the loss, as fastai
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -46,6 +46,36 @@ def suggest_learning_rate(learning_rates: list[float], losses: list[float], skip
     return float(10 ** logs[steepest]) if slopes[steepest] < 0 else None
 
 
+def range_test(parts: RunParts, start_lr: float, end_lr: float, steps: int) -> tuple[list[float], list[float]]:
+    """Learning rates tried and the smoothed loss after each step, until `steps` or the loss diverges."""
+    # The rate is set before every step here, so the run's own schedule is left out (and never stepped).
+    optimization = dataclasses.replace(parts.optimization, scheduler=None)
+    optimizer = optimization.optimizer
+    ratios = [group["lr"] / parts.config.learning_rate for group in optimizer.param_groups]
+    network = StagedModel(parts.model, parts.device, parts.dist)
+    network.enter(epoch=1, config=parts.config.replace(finetune="full"))  # everything that may learn
+    rates, smoothed, average, best = [], [], 0.0, math.inf
+    batches = iter(())
+    for step in range(steps):
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(parts.loaders.train)
+            images, targets = next(batches)
+        rate = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            group["lr"] = rate * ratio
+        loss, _, _ = train_step(network.model, images, targets, optimization, parts.device, parts.train_dtype)
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        value = average / (1 - SMOOTHING ** (step + 1))  # bias-corrected
+        rates.append(rate)
+        smoothed.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or value > DIVERGED * best:
+            break
+    return rates, smoothed
+
+
 def find_learning_rate(
     config: RunConfig, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100, out_dir: Path | None = None
 ) -> LrFindResult:
@@ -55,34 +85,8 @@ def find_learning_rate(
     if steps < 10:
         raise ConfigError(f"steps={steps} is too few for a range test; use 50 or more")
     out_dir = Path(out_dir or artifacts_dir() / "lr_find" / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}")
-    trainer = Trainer(config, run_dir=out_dir, show_progress=False)
-    optimizer, loss_fn = trainer.optimization.optimizer, trainer.optimization.loss_fn
-    ratios = [group["lr"] / config.learning_rate for group in optimizer.param_groups]
-    set_training_mode(trainer.model, True, config.frozen_blocks, config.freeze_bn)
-    rates, smoothed, average, best = [], [], 0.0, math.inf
-    batches = iter(())
-    for step in range(steps):
-        try:
-            images, targets = next(batches)
-        except StopIteration:
-            batches = iter(trainer.loaders.train)
-            images, targets = next(batches)
-        rate = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
-        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            group["lr"] = rate * ratio
-        images, targets = images.to(trainer.device), targets.to(trainer.device)
-        with maybe_autocast(trainer.device, trainer.train_dtype):
-            loss = loss_fn(trainer.model(images).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        average = SMOOTHING * average + (1 - SMOOTHING) * loss.item()
-        value = average / (1 - SMOOTHING ** (step + 1))  # bias-corrected
-        rates.append(rate)
-        smoothed.append(value)
-        best = min(best, value)
-        if not math.isfinite(value) or value > DIVERGED * best:
-            break
+    parts = build_run(config, show_progress=False)
+    rates, smoothed = range_test(parts, start_lr, end_lr, steps)
     suggestion = suggest_learning_rate(rates, smoothed)
     write_json(
         out_dir / "lr_find.json",

@@ -1,6 +1,8 @@
-"""Optimisation pieces of a run: optimiser, learning-rate schedule and early stopping.
+"""Optimisation pieces of a run: loss, optimiser, learning-rate schedule, loss scaler and batch mixing.
 
-Kept apart from the fit loop so that sweeps and cross-validation can build and inspect them on their own.
+Everything one training step needs besides the model and the batch, bundled so `loop.train_step` takes one
+argument for it; early stopping is not here (`training.stopping`): it decides when the loop ends, not how a
+step learns.
 """
 
 from __future__ import annotations
@@ -13,32 +15,6 @@ import torch
 
 from plantlib.config import RunConfig
 from plantlib.models.backbones import Classifier
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
-
-    monitor: str = "val_loss"
-    patience: int | None = 5
-    min_delta: float = 0.0
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record this epoch's value; True when it is the best so far."""
-        sign = -1.0 if self.monitor.endswith("loss") else 1.0
-        improved = self.best is None or sign * (value - self.best) > self.min_delta
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-        else:
-            self.bad_epochs += 1
-        return improved
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.bad_epochs >= self.patience
 
 
 def build_optimizer(model: Classifier, config: RunConfig) -> torch.optim.Optimizer:
@@ -83,13 +59,12 @@ def steps_per_epoch_scheduler(scheduler: Any) -> bool:
 
 @dataclass
 class Optimization:
-    """What one training step needs besides the model: loss, optimiser, schedule, loss scaler, early stopping."""
+    """What one training step needs besides the model and the batch: loss, optimiser, schedule, loss scaler."""
 
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Any  # None: the caller sets the rate itself (the learning-rate range test)
     scaler: torch.amp.GradScaler
-    early_stopping: EarlyStopping
     grad_clip: float | None = None
     mix: BatchMixing | None = None  # MixUp / CutMix of training batches; None: off
 
@@ -128,7 +103,7 @@ def build_optimization(
     train_dtype: torch.dtype | None,
     num_classes: int,
 ) -> Optimization:
-    """Loss, optimiser, scheduler, gradient scaler, early stopping and batch mixing for one run of `config`."""
+    """Loss, optimiser, scheduler, gradient scaler and batch mixing for one run of `config`."""
     optimizer = build_optimizer(model, config)
     mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
     return Optimization(
@@ -137,9 +112,6 @@ def build_optimization(
         scheduler=build_scheduler(optimizer, config, steps_per_epoch, epochs),
         # fp16 gradients underflow without loss scaling; the scaler is a pass-through for fp32 and bf16.
         scaler=torch.amp.GradScaler(device_type, enabled=train_dtype == torch.float16),
-        early_stopping=EarlyStopping(
-            config.early_stopping_monitor, config.early_stopping_patience, config.early_stopping_min_delta
-        ),
         grad_clip=config.grad_clip,
         mix=BatchMixing(config.mixup_alpha, config.cutmix_alpha, config.mix_probability, num_classes)
         if mixing

@@ -8,9 +8,9 @@ from plantlib.training.trainer import Trainer
 
 
 def die_on_rank_1_after_epoch_2(trainer: Trainer, record: dict) -> None:
-    if record["epoch"] == 2 and trainer.dist.rank == 1:
+    if record["epoch"] == 2 and trainer.parts.dist.rank == 1:
         os._exit(3)
 
 
 if __name__ == "__main__":
-    Trainer(RunConfig.from_json(sys.argv[1]), callbacks=[die_on_rank_1_after_epoch_2], show_progress=False).fit()
+    Trainer.build(RunConfig.from_json(sys.argv[1]), callbacks=[die_on_rank_1_after_epoch_2], show_progress=False).fit()
