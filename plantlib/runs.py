@@ -33,6 +33,7 @@ RUN_FILES = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE
 CV_FILE = "cv.json"  # marks a cross-validation directory: status, settings and the config its folds train
 FOLDS_FILE = "folds.csv"  # a cross-validation's fold assignment, per repeat
 OOF_FILE = "oof.csv"  # a cross-validation's out-of-fold predictions
+BEST_CONFIG_FILE = "best_config.json"  # a study's best trial as a config `plantlib train --config` reads
 
 
 def evaluation_names(prefix: str = "") -> tuple[str, str]:
@@ -240,6 +241,39 @@ class CvDir:
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda handle: frame.to_csv(handle, index=False, lineterminator="\n"))
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    """One sweep's directory: its trials' run (or cross-validation) directories, the best config, and the
+    confirmation of that config on fresh folds and seeds."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def create(cls, path: str | Path) -> StudyDir:
+        study = cls(Path(path))
+        study.path.mkdir(parents=True, exist_ok=True)
+        return study
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def best_config_file(self) -> Path:
+        return self.path / BEST_CONFIG_FILE
+
+    @property
+    def confirm_dir(self) -> Path:
+        return self.path / "confirm"
+
+    def write_best_config(self, config: RunConfig) -> Path:
+        config.to_json(self.best_config_file)
+        return self.best_config_file
 
 
 def is_cv_dir(path: str | Path) -> bool:

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles among plantlib's modules, no private names shared across modules.
+"""The package's shape: no import cycles, imports pointing down the layers, no private names shared across
+modules, no function over 60 lines, and run files named only by their owner (`plantlib.runs`).
 
 Imports are read from the source (every `import`, also inside functions and TYPE_CHECKING blocks), so a lazy
 import that closes a cycle counts as much as a top-level one.
@@ -7,80 +8,25 @@ import that closes a cycle counts as much as a top-level one.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def module_files(root: Path, package: str) -> dict[str, Path]:
-    """Dotted module name -> file, for every module of `package` under `root` (`pkg/__init__.py` is `pkg`)."""
-    modules = {}
-    for file in sorted((root / package).rglob("*.py")):
-        parts = list(file.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        modules[".".join(parts)] = file
-    return modules
-
-
-def _imported_names(module: str, file: Path) -> Iterator[tuple[str, str | None]]:
-    """(module imported from, name imported or None) for every import statement in `file`."""
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, None
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = module.split(".") if file.name == "__init__.py" else module.split(".")[:-1]
-                package = package[: len(package) - node.level + 1]
-                base = ".".join([*package, base] if base else package)
-            for alias in node.names:
-                yield base, alias.name
-
-
-def import_graph(root: Path, package: str) -> dict[str, set[str]]:
-    """Module -> the package's modules it imports (a `from pkg import sub` counts as importing `pkg.sub`)."""
-    modules = module_files(root, package)
-
-    def owner(name: str) -> str | None:
-        while name and name not in modules:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for module, file in modules.items():
-        for base, name in _imported_names(module, file):
-            target = f"{base}.{name}" if name and f"{base}.{name}" in modules else owner(base)
-            if target and target != module:
-                graph[module].add(target)
-    return graph
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as a path that ends where it starts, or None."""
-    state: dict[str, str] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = "open"
-        path.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                return [*path[path.index(nxt) :], nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        state[node] = "done"
-        path.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
+from benchmarks.architecture import (
+    LAYERS,
+    LONG_FUNCTIONS_ALLOWED,
+    MAX_FUNCTION_LINES,
+    ROOT,
+    UPWARD_EXCEPTIONS,
+    find_cycle,
+    import_graph,
+    imported_names,
+    layer_of,
+    long_functions,
+    module_files,
+    run_file_literals,
+    upward_arrows,
+)
 
 
 def test_plantlib_has_no_import_cycles() -> None:
@@ -110,50 +56,10 @@ def test_no_private_name_is_imported_from_another_module(package: str) -> None:
     offenders = [
         f"{module} imports {name} from {base}"
         for module, file in module_files(ROOT, package).items()
-        for base, name in _imported_names(module, file)
+        for base, name in imported_names(module, file)
         if name and name.startswith("_") and name != "__future__" and base.split(".")[0] in ("plantlib", "benchmarks")
     ]
     assert offenders == []
-
-
-# The package's layers, lowest first: a module may import from its own layer and the layers below it, never
-# from a layer above. The ground floor is every top-level module but the front ends (cli, __main__).
-LAYERS: tuple[tuple[str, ...], ...] = (
-    ("ground floor",),
-    ("data",),
-    ("models",),
-    ("evaluation",),
-    ("training", "inference"),
-    ("experiments",),
-    ("reporting",),
-    ("cli", "__main__"),
-)
-# Upward arrows that are lazy (inside a function) and justified, each with its reason.
-UPWARD_EXCEPTIONS = {
-    # RunConfig validates `backbone` and `head` against the registry and heads, which live with the models.
-    ("plantlib.config", "plantlib.models.backbones"),
-}
-
-
-def layer_of(module: str) -> int:
-    """The index in LAYERS of a plantlib module: its sub-package's, else its front end's, else the ground floor's."""
-    parts = module.split(".")
-    name = parts[1] if len(parts) > 1 else ""
-    if not (name and (ROOT / "plantlib" / name).is_dir()) and name not in ("cli", "__main__"):
-        name = "ground floor"
-    for index, names in enumerate(LAYERS):
-        if name in names:
-            return index
-    raise AssertionError(f"{module} is in no layer; add its sub-package to LAYERS")
-
-
-def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
-    return [
-        f"{module} -> {target}"
-        for module, targets in sorted(graph.items())
-        for target in sorted(targets)
-        if layer_of(target) > layer_of(module) and (module, target) not in UPWARD_EXCEPTIONS
-    ]
 
 
 def test_imports_point_down_the_layers() -> None:
@@ -210,30 +116,6 @@ def test_the_trainer_sits_below_the_launcher_and_front_ends() -> None:
     assert reachable("plantlib.distributed") <= {"plantlib.errors"}  # primitives only
 
 
-MAX_FUNCTION_LINES = 60  # from the def line to the last line
-LONG_FUNCTIONS_ALLOWED = {"plantlib/cli.py::build_parser"}  # one flat list of argparse declarations
-
-
-def long_functions(root: Path, package: str, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
-    """`path::Qualified.name` -> lines, for every function or method (nested ones too) longer than `limit`."""
-    found = {}
-
-    def visit(node: ast.AST, where: str, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                visit(child, where, prefix)
-                continue
-            name = f"{prefix}{child.name}"
-            lines = (child.end_lineno or child.lineno) - child.lineno + 1
-            if not isinstance(child, ast.ClassDef) and lines > limit:
-                found[f"{where}::{name}"] = lines
-            visit(child, where, f"{name}.")
-
-    for file in sorted((root / package).rglob("*.py")):
-        visit(ast.parse(file.read_text(encoding="utf-8")), file.relative_to(root).as_posix(), "")
-    return found
-
-
 def test_no_function_is_longer_than_60_lines() -> None:
     too_long = long_functions(ROOT, "plantlib")
     assert not LONG_FUNCTIONS_ALLOWED - set(too_long)  # the scan sees them (else drop the exemption)
@@ -251,3 +133,26 @@ def test_the_length_check_counts_from_def_to_last_line_and_sees_methods(tmp_path
     )
     (tmp_path / "pkg" / "mod.py").write_text("\n\n".join([function, long, method]) + "\n")
     assert long_functions(tmp_path, "pkg") == {"pkg/mod.py::long": 61, "pkg/mod.py::Thing.method": 61}
+
+
+def test_only_the_run_directory_owner_names_run_files() -> None:
+    """Code outside plantlib/runs.py reaches a run's files through RunDir, CvDir, StudyDir or runs' constants;
+    docstrings and messages may name them, a path built from a literal name may not."""
+    assert run_file_literals(ROOT, "plantlib") == []
+
+
+def test_the_run_file_check_finds_a_literal_name(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "runs.py").write_text('CONFIG_FILE = "config.json"\n')  # the owner may
+    (tmp_path / "pkg" / "reader.py").write_text(
+        '"""Reads config.json (a docstring may say so)."""\n'
+        "def read(run_dir, prefix):\n"
+        '    """From history.json."""\n'
+        '    message = f"{run_dir} has no metrics.json yet"  # a message may name it\n'
+        '    return run_dir / "config.json", run_dir / f"{prefix}_predictions.csv", run_dir / "sub/best.pt"\n'
+    )
+    assert run_file_literals(tmp_path, "pkg", owner="pkg/runs.py") == [
+        "pkg/reader.py:5 '_predictions.csv'",
+        "pkg/reader.py:5 'config.json'",
+        "pkg/reader.py:5 'sub/best.pt'",
+    ]

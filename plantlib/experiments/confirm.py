@@ -15,6 +15,7 @@ from plantlib.data import prepare_data
 from plantlib.errors import ConfigError
 from plantlib.experiments.compare import Comparison, compare_paths
 from plantlib.experiments.cv import cross_validate
+from plantlib.runs import StudyDir
 
 
 def confirmation_seeds(study_config: RunConfig, repeats: int = 1) -> tuple[int, list[int]]:
@@ -69,7 +70,7 @@ def confirm_best(
     if not seeds or best.seed in seeds:
         raise ConfigError(f"seeds={seeds} must be a non-empty list without {best.seed}, the seed of the study's trials")
     split_file = prepare_data(best, show_progress=show_progress).split_file  # the study's split, test set included
-    out = Path(out_dir) if out_dir else best_config_file.parent / "confirm"
+    out = Path(out_dir) if out_dir else StudyDir(best_config_file.parent).confirm_dir
     pinned = {"split_file": str(split_file), "new_split": False, "split_seed": split_seed, "output_dir": str(out)}
     cv_dirs = [
         cross_validate(config.replace(**pinned), folds=folds, seeds=seeds, show_progress=show_progress).cv_dir

@@ -27,9 +27,8 @@ from plantlib.config import RunConfig, field_names, parse_config_text, read_conf
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.experiments.cv import cross_validate
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
-from plantlib.io import write_json
 from plantlib.paths import artifacts_dir
-from plantlib.runs import RunDir
+from plantlib.runs import RunDir, StudyDir
 from plantlib.training.trainer import Callback, StopTraining, Trainer, TrainingResult
 
 DEFAULT_SPACE = """
@@ -390,21 +389,19 @@ def tune(
         raise ConfigError(f"metric={metric!r} is not allowed; choose one of: {', '.join(METRICS)}")
     if cv_folds == 1 or cv_folds < 0:
         raise ConfigError(f"cv_folds={cv_folds} is not allowed; use 0 (single runs) or 2 or more folds")
-    out = Path(out_dir) if out_dir else artifacts_dir() / "tune" / study_name
-    out.mkdir(parents=True, exist_ok=True)
+    out = StudyDir.create(out_dir or artifacts_dir() / "tune" / study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(storage, study_name, metric, base.effective_split_seed, pruner)
     params = {"trials": trials, "cv_folds": cv_folds, "metric": metric}
     tags = {"best_value": "optimistic: the best trial was selected on the same images it was measured on"}
     with ParentRun(base, f"study-{study_name}", params, tags) as group:
-        objective = _objective(base, space, metric, cv_folds, out / "runs", group.run_id)
+        objective = _objective(base, space, metric, cv_folds, out.trials_dir, group.run_id)
         study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(PlantlibError,))
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not finished:
             raise PlantlibError(f"study {study_name} has no finished trial yet; run more trials")
         best = study.best_trial
-        best_file = out / "best_config.json"
-        write_json(best_file, base.replace(**best.params, output_dir=None).to_dict())
+        best_file = out.write_best_config(base.replace(**best.params, output_dir=None))
         group.log_file(best_file)
         group.log_metrics({f"best_{metric}": float(best.value)})
     scored_on = "cross-validation folds" if cv_folds else "validation images"
