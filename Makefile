@@ -8,7 +8,7 @@ STAMP := $(VENV)/.plantlib-installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints kernel browser data report test bench lint format lab ui clean
+.PHONY: help setup git-filter constraints kernel browser data report test bench lint format lab ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,7 +25,18 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/plantlib kernel >/dev/null
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (idempotent)
+setup: $(STAMP) git-filter ## create .venv and install the project (idempotent)
+
+# Notebooks are committed without outputs whatever JupyterLab saves: git runs nbstripout on every `git add` (cell
+# ids kept). Only .git/config changes; .gitattributes (committed) names the filter. Outside a git checkout: nothing.
+NBSTRIPOUT := $(abspath $(BIN)/python) -m nbstripout --keep-id
+git-filter: ## strip notebook outputs on every git add (nbstripout as a git filter; part of setup)
+	@if git rev-parse --git-dir >/dev/null 2>&1 && [ "$$(git config --get filter.nbstripout.clean)" != "$(NBSTRIPOUT)" ]; then \
+	  test -x $(BIN)/nbstripout || { echo "$(BIN)/nbstripout is missing: run make setup" >&2; exit 1; }; \
+	  $(BIN)/nbstripout --install --attributes .gitattributes && \
+	  git config filter.nbstripout.clean "$(NBSTRIPOUT)" && \
+	  git config diff.ipynb.textconv "$(NBSTRIPOUT) -t" && \
+	  echo "git filter installed: notebook outputs are stripped on git add (nbstripout)"; fi
 
 constraints: setup ## record the exact versions installed in .venv as constraints.txt
 	@{ echo "# Exact versions the test suite and the reports were last run with (Python 3.11, Linux x86_64)."; \
@@ -65,6 +76,7 @@ format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 lab: setup ## start JupyterLab on localhost (no browser) with the plantlib kernel
+	$(BIN)/plantlib kernel >/dev/null
 	cd notebooks && ../$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 $(ROOT_FLAG)
 
 ui: setup ## start the MLflow UI on 127.0.0.1:5000 over the project's tracking store (artifacts/mlflow.db)

@@ -346,10 +346,12 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernel(args: argparse.Namespace) -> int:
-    from plantlib.frontend import KERNEL_DISPLAY_NAME, install_kernel
+    from plantlib.frontend import KERNEL_DISPLAY_NAME, install_kernel, install_lab_settings
 
     target = install_kernel(user=args.user)
     print(f"kernel '{KERNEL_DISPLAY_NAME}' installed in {target}")
+    if not args.user:
+        print(f"JupyterLab defaults for this environment (no news pop-up): {install_lab_settings()}")
     return 0
 
 

@@ -80,3 +80,18 @@ def kernel_runs_this_interpreter(name: str = KERNEL_NAME) -> bool:
         return bool(argv) and Path(argv[0]).resolve() == Path(sys.executable).resolve()
     except OSError:
         return False
+
+
+# JupyterLab's defaults for this environment: no news pop-up on first start and no update check (both would fetch
+# from the internet, which the project never does unasked). The user's own settings still win over these.
+LAB_SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+
+
+def install_lab_settings(prefix: str | Path = sys.prefix) -> Path:
+    """Merge `LAB_SETTINGS` into this environment's JupyterLab `overrides.json` (other keys kept); its path."""
+    target = Path(prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    settings = read_json(target)
+    for plugin, values in LAB_SETTINGS.items():
+        settings[plugin] = {**settings.get(plugin, {}), **values}
+    write_json(target, settings)
+    return target

@@ -25,6 +25,7 @@ from plantlib.experiments.compare import (
 from plantlib.experiments.cv import assign_folds, cross_validate, fold_split, pooled_metrics
 from plantlib.experiments.stats import corrected_t_test, holm_levels, mcnemar_test
 from plantlib.inference.predictor import evaluate_split, load_model
+from plantlib.training.build import describe_run
 from plantlib.training.trainer import Callback
 from tests.conftest import pattern_image, run_cli, tiny_config, write_dataset
 
@@ -110,6 +111,10 @@ def test_cross_validation_predicts_every_pool_image_once_and_resumes(tmp_path: P
     metrics, _ = evaluate_split(load_model(fold_run, engine="torch"), "test", save=False)
     assert metrics["n"] == int(result.folds["n"][0]) == int((oof["fold"] == 0).sum())
     assert set(pd.read_csv(fold_run / "split.csv").query("split == 'excluded'")["path"]) == test_images
+    # the fold's evaluated part is its held-out fold, and its run says so (the test split is never evaluated)
+    facts = json.loads((fold_run / "run.json").read_text())
+    assert facts["held_out_name"] == "held-out" and facts["sizes"]["test"] == int(result.folds["n"][0])
+    assert f"/ {facts['sizes']['test']} held-out images" in describe_run(fold_run, facts, 1, 1)
 
     again = cross_validate(config, cv_dir=result.cv_dir, callbacks=[counter], show_progress=False)
     assert counter.fits == 3  # finished folds are reused, not trained again

@@ -23,6 +23,8 @@ from plantlib.data.images import load_rgb
 from plantlib.evaluation.metrics import predictions_frame
 from plantlib.evaluation.plots import static_prediction_gallery
 from plantlib.reporting.widgets import (
+    BUTTON_PADDING,
+    PIXELS_PER_CHARACTER,
     THUMBNAIL_SIDE,
     PredictionBrowser,
     UploadClassifier,
@@ -117,6 +119,18 @@ def test_browser_builds_and_shows_the_first_row(frame: pd.DataFrame, root: Path)
     assert "dandelion/d0.png" in browser.details.value and "p=0.90" in browser.details.value
     assert "<table" in browser.details.value and "0.100" in browser.details.value
     assert browser.message.value == ""
+
+
+def test_buttons_are_wide_enough_for_their_whole_labels(frame: pd.DataFrame, root: Path) -> None:
+    """JupyterLab cut "wrong" to "wro…" and hid the upload button's file count in narrower buttons."""
+    browser = PredictionBrowser(frame, root)
+    upload = UploadClassifier(ColourModel()).upload
+
+    def room(width: str) -> int:
+        return (int(width.removesuffix("px")) - BUTTON_PADDING) // PIXELS_PER_CHARACTER
+
+    assert room(browser.outcome_filter.style.button_width) >= max(len(o) for o in browser.outcome_filter.options)
+    assert room(upload.layout.width) >= len(f"{upload.description} (1)")
 
 
 def test_browser_and_upload_box_show_a_heat_map_beside_the_image(frame: pd.DataFrame, root: Path) -> None:

@@ -39,6 +39,8 @@ class PreparedData:
     split_file: Path
     split_was_new: bool
     report_file: Path
+    # What this run's "test" rows are: the test split, or a cross-validation fold's held-out part.
+    held_out_name: str = "test"
 
     def frame(self, split: str) -> pd.DataFrame:
         """Rows of one split (`train`, `val` or `test`) with absolute paths and label indices."""

@@ -24,6 +24,16 @@ from plantlib.evaluation.metrics import check_predictions_frame, class_columns
 from plantlib.evaluation.plots import resolve_path
 
 THUMBNAIL_SIDE = 320  # longest side of a widget thumbnail in pixels: sharp at notebook width, small to send
+# Room per character of a button's label at JupyterLab's font size, plus the button's own padding: narrower buttons
+# cut labels short ("wro…" for "wrong", the upload button's file count hidden).
+PIXELS_PER_CHARACTER, BUTTON_PADDING = 9, 28
+
+
+def button_width(*labels: str) -> str:
+    """A CSS width that shows the longest of `labels` whole."""
+    return f"{PIXELS_PER_CHARACTER * max(len(label) for label in labels) + BUTTON_PADDING}px"
+
+
 _THUMBNAIL_CACHE_SIZE = 64  # thumbnails a browser keeps, so paging back and forth does not decode again
 _ALL = ""  # class-filter value meaning "every class" (a class folder can never be named "")
 _OUTCOMES = ("all", "right", "wrong")
@@ -98,7 +108,10 @@ class PredictionBrowser:
             options=[("All", _ALL), *((c, c) for c in self.classes)], description=self.label_column
         )
         self.outcome_filter = widgets.ToggleButtons(
-            options=_OUTCOMES, value="all", disabled=not self.has_outcome, style={"button_width": "60px"}
+            options=_OUTCOMES,
+            value="all",
+            disabled=not self.has_outcome,
+            style={"button_width": button_width(*_OUTCOMES)},
         )
         self.slider = widgets.IntSlider(value=1, min=1, max=1, description="image", continuous_update=False)
         self.previous_button = widgets.Button(description="◀ prev", layout=widgets.Layout(width="80px"))
@@ -285,7 +298,9 @@ class UploadClassifier:
         self.loaded = loaded
         self.heatmap = heatmap
         self.last_result: dict[str, Any] | None = None
-        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image")
+        label = "Upload image"
+        width = button_width(f"{label} (1)")  # ipywidgets appends the number of files chosen
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description=label, layout={"width": width})
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(display="none"))
         self.heat = widgets.Image(format="jpeg", layout=widgets.Layout(display="none"))
         self.result = widgets.HTML("<i>Upload an image to classify it.</i>")

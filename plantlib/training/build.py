@@ -271,6 +271,7 @@ def run_facts(
         "split_file": str(data.split_file),
         "classes": list(data.classes),
         "sizes": dict(sizes),
+        "held_out_name": data.held_out_name,
         "normalization": {"mean": list(normalization.mean), "std": list(normalization.std)},
         "parameters": parameter_counts(model),
         "model_size_mb": round(model_size_mb(model), 3),
@@ -289,12 +290,12 @@ def run_facts(
 
 def describe_run(run_dir: Path, facts: Mapping[str, Any], first_epoch: int, last_epoch: int) -> str:
     """The start-up summary printed by every run, from its facts."""
-    sizes, distributed = facts["sizes"], facts["distributed"]
+    sizes, distributed, held_out = facts["sizes"], facts["distributed"], facts["held_out_name"]
     text = (
         f"run {run_dir}\n"
         f"backbone {facts['backbone']} ({facts['weights']}), "
         f"{facts['parameters']['total'] / 1e6:.2f} M parameters, {facts['model_size_mb']:.1f} MB\n"
-        f"data {sizes['train']} train / {sizes['val']} val / {sizes['test']} test images, "
+        f"data {sizes['train']} train / {sizes['val']} val / {sizes['test']} {held_out} images, "
         f"classes {facts['classes']}; device {facts['device']}; epochs {first_epoch}..{last_epoch}; "
         f"{facts['frozen_blocks']} leading backbone blocks frozen"
     )
