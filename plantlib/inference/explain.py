@@ -45,6 +45,60 @@ def _cam_extractor(method: str, model: torch.nn.Module, layer: torch.nn.Module):
     return (GradCAM if method == "gradcam" else GradCAMpp)(model, target_layer=layer)
 
 
+def preprocess(loaded: LoadedModel, files: Sequence[Path], cache: DecodedImageCache | None = None) -> torch.Tensor:
+    """The normalised centre crops (N, 3, S, S) the torch network takes, on its device."""
+    crops = cache or loaded.image_cache()
+    normalised = eval_transform(loaded.image_size, loaded.normalization, normalize=True)
+    return torch.stack([normalised(crops.get(Path(f))) for f in files]).to(loaded.device)
+
+
+def _batch_maps(
+    extractor: Callable[..., list[torch.Tensor]],
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    class_idx: Sequence[int] | None,
+    normalized: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.detach().clone().requires_grad_(True)  # frozen leading blocks must not cut the gradients' path
+    with torch.enable_grad():
+        scores = model(images)
+        probabilities = torch.softmax(scores.detach().float(), dim=1)
+        target = probabilities.argmax(1).tolist() if class_idx is None else [int(i) for i in class_idx]
+        maps = extractor(class_idx=target, scores=scores, normalized=normalized)[0].detach()
+    return maps.float(), probabilities
+
+
+def cam_maps(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    method: str = "gradcam",
+    class_idx: Sequence[int] | None = None,
+    layer: str | None = None,
+    normalized: bool = True,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (N, h, w) at the layer's own resolution, each for `class_idx` (None: its predicted class), and the
+    probabilities (N, C). `layer` is a dotted module path in `model` (None: the backbone's `cam_layer`);
+    `normalized=False` keeps the raw Grad-CAM values (after its ReLU) instead of scaling each map to [0, 1]."""
+    target = cam_target_layer(model) if layer is None else model.get_submodule(layer)
+    maps, probabilities = [], []
+    with _cam_extractor(method, model, target) as extractor:
+        for start in range(0, len(images), batch_size):
+            chosen = None if class_idx is None else class_idx[start : start + batch_size]
+            batch_maps, batch_probabilities = _batch_maps(
+                extractor, model, images[start : start + batch_size], chosen, normalized
+            )
+            maps.append(batch_maps.cpu().numpy())
+            probabilities.append(batch_probabilities.cpu().numpy())
+    return np.concatenate(maps), np.concatenate(probabilities)
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    """Maps (N, h, w) resized to (N, size, size) bilinearly, as the overlays show them."""
+    tensor = torch.as_tensor(maps, dtype=torch.float32)[:, None]
+    return torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear")[:, 0].numpy()
+
+
 def explain_files(
     loaded: LoadedModel,
     files: Sequence[Path],
@@ -57,30 +111,22 @@ def explain_files(
     `cache` holds images already decoded (e.g. by `readable_images`), so none is decoded twice.
     """
     model = loaded.model
-    layer = cam_target_layer(model)
     crops = cache or loaded.image_cache()
-    normalised = eval_transform(loaded.image_size, loaded.normalization, normalize=True)
     visible = eval_transform(loaded.image_size, loaded.normalization, normalize=False)
     results: list[Explanation] = []
-    with _cam_extractor(method, model, layer) as extractor:
+    with _cam_extractor(method, model, cam_target_layer(model)) as extractor:
         for start in range(0, len(files), batch_size):
             chunk = list(files[start : start + batch_size])
-            images = torch.stack([normalised(crops.get(Path(f))) for f in chunk]).to(loaded.device)
-            images.requires_grad_(True)  # frozen leading blocks must not cut the path the gradients take
-            with torch.enable_grad():
-                scores = model(images)
-                probabilities = torch.softmax(scores.detach().float(), dim=1)
-                predicted = probabilities.argmax(1).tolist()
-                maps = extractor(class_idx=predicted, scores=scores)[0].detach()
-            size = loaded.image_size
-            upsampled = torch.nn.functional.interpolate(maps[:, None], size=(size, size), mode="bilinear")[:, 0]
+            maps, probabilities = _batch_maps(extractor, model, preprocess(loaded, chunk, crops), None, True)
+            predicted = probabilities.argmax(1).tolist()
+            upsampled = torch.as_tensor(upsample(maps.cpu().numpy(), loaded.image_size))
             for file, index, heat, probs in zip(chunk, predicted, upsampled, probabilities, strict=True):
                 results.append(
                     Explanation(
                         path=Path(file),
                         predicted=loaded.class_names[index],
                         probability=float(probs[index]),
-                        heatmap=heat.clamp(0, 1).cpu().numpy(),
+                        heatmap=heat.clamp(0, 1).numpy(),
                         crop=_as_picture(visible(crops.get(Path(file)))),
                     )
                 )
