@@ -26,6 +26,7 @@ PREDICTIONS_FILE = "predictions.csv"  # the test split's per-image predictions
 RUN_FILE = "run.json"  # status, facts, timings, headline metrics
 TRACKING_FILE = "tracking.json"  # where the run is tracked, written as soon as it is known
 SPLIT_FILE = "split.csv"  # a cross-validation fold's own split
+LOG_FILE = "train.log"  # a cross-validation fold's printed log (start-up facts, epoch lines), in full
 BEST_CHECKPOINT = "best.pt"  # the weights of the best epoch by the monitored metric
 LAST_CHECKPOINT = "last.pt"  # everything needed to resume after the last finished epoch
 FIGURES_DIR = "figures"  # the run's plots (history, confusion matrix, ...), uploaded with it when tracked

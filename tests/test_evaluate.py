@@ -279,10 +279,16 @@ def test_format_metrics_and_table() -> None:
         assert fragment in headline
     assert "dandelion" in text and "macro avg" in text
     table = metrics_table(metrics)
-    assert list(table.columns) == ["metric", "value", "ci_low", "ci_high"]
+    assert list(table.columns) == ["metric", "value", "ci_low", "ci_high", "interval"]
     accuracy = table.set_index("metric").loc["accuracy"]
     assert accuracy["value"] == metrics["accuracy"]
     assert [accuracy["ci_low"], accuracy["ci_high"]] == metrics["ci95"]["accuracy"]
+    # every row says how its interval was made, or that none is computed (its bounds are then NaN, never made up)
+    methods = dict(zip(table["metric"], table["interval"], strict=True))
+    assert methods["accuracy"] == "exact (Clopper-Pearson)" and methods["f1_macro"] == "percentile bootstrap"
+    unbounded = table[table["interval"] == "none computed"]
+    assert list(unbounded["metric"]) == ["precision_macro", "recall_macro", "roc_auc"]
+    assert unbounded[["ci_low", "ci_high"]].isna().all().all() and table[["ci_low", "ci_high"]].notna().sum().sum() == 8
     single = compute_metrics(np.zeros(3, dtype=int), one_hot_probs([0, 0, 1]), CLASSES, n_bootstrap=0)
     assert "ROC AUC" not in format_metrics(single)
     assert np.isnan(metrics_table(single).set_index("metric").loc["roc_auc", "value"])

@@ -210,3 +210,74 @@ def test_save_figure_writes_png_and_closes(tmp_path) -> None:
     assert path.read_bytes().startswith(b"\x89PNG")
     assert not plt.fignum_exists(fig.number)
     assert [p.name for p in path.parent.iterdir()] == ["counts.png"]
+
+
+def fake_study(storage: Path, trials: int, direction: str = "maximize") -> None:
+    """A study of `trials` finished trials with made-up values (nothing trains), as `tune` would store it."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from plantlib.experiments.tune import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(str(storage)), study_name="s", direction=direction)
+    space = {
+        "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+        "dropout": FloatDistribution(0.2, 0.6),
+        "frozen_blocks": IntDistribution(4, 6),
+    }
+    rng = np.random.default_rng(0)
+    for number in range(trials):
+        params = {"weight_decay": 4.2e-06 * (number + 1), "dropout": float(rng.uniform(0.2, 0.6))}
+        params["frozen_blocks"] = 4 + number % 3
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=0.5 + 0.04 * number))
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_study_figures_draw_every_trial_visibly_and_importances_only_from_enough_trials(
+    tmp_path: Path, direction: str
+) -> None:
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
+
+    from plantlib.experiments.tune import IMPORTANCE_MIN_TRIALS, study_figures
+
+    style = dict(plt.rcParams)
+    fake_study(tmp_path / "few.log", 3, direction)
+    figures = study_figures(str(tmp_path / "few.log"), "s")
+    assert list(figures) == ["history", "parallel"]  # 3 trials: importances would be noise
+    [lines] = [c for c in figures["parallel"].axes[0].collections if isinstance(c, LineCollection)]
+    colours = lines.to_rgba(np.asarray(lines.get_array()))  # what each trial is drawn in
+    assert len(colours) == 3
+    linear = np.where(colours[:, :3] <= 0.03928, colours[:, :3] / 12.92, ((colours[:, :3] + 0.055) / 1.055) ** 2.4)
+    luminance = linear @ np.array([0.2126, 0.7152, 0.0722])
+    assert (1.05 / (luminance + 0.05)).min() >= 3  # every trial, the worst too, at 3:1 contrast on white (Blues: ~1)
+    assert to_rgba(figures["parallel"].axes[0].get_facecolor()) == to_rgba("white")
+    best, worst = (2, 0) if direction == "maximize" else (0, 2)
+    values = np.asarray(lines.get_array())
+    assert luminance[np.argmax(values == values[best])] < luminance[np.argmax(values == values[worst])]  # best darkest
+    for figure in figures.values():
+        render(figure)
+    assert dict(plt.rcParams) == style  # optuna's ggplot style does not leak into later figures
+    fake_study(tmp_path / "enough.log", IMPORTANCE_MIN_TRIALS, direction)
+    assert list(study_figures(str(tmp_path / "enough.log"), "s")) == ["history", "importances", "parallel"]
+
+
+def test_trials_frame_names_columns_for_a_narrow_table(tmp_path: Path) -> None:
+    from plantlib.experiments.tune import study_limits, study_overview, trials_frame
+    from plantlib.reporting.notebook import table
+
+    fake_study(tmp_path / "j.log", 3)
+    frame = trials_frame(str(tmp_path / "j.log"), "s")
+    assert list(frame.columns) == ["trial", "state", "value", "dropout", "frozen_blocks", "weight_decay", "seconds"]
+    assert set(frame["state"]) == {"complete"}
+    shown = table(frame).data
+    assert "4.2e-06" in shown and "0.0000" not in shown and "weight decay" in shown
+    overview = study_overview(str(tmp_path / "j.log"), "s")
+    assert (overview.complete, overview.pruned, overview.failed, overview.scored_images) == (3, 0, 0, None)
+    limits = " ".join(study_limits(overview))
+    assert (
+        limits.startswith("The best of 3 trials is an optimistic estimate")
+        and "cannot rank hyperparameters" in limits
+        and "none are drawn" in limits
+    )

@@ -1,13 +1,18 @@
 """`plantlib report` end to end on small synthetic data, checked as a reader would: in a real browser."""
 
 import json
+import re
 import stat
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.io import current_umask
+from plantlib.reporting import notebook as nb
 from plantlib.reporting.runner import NOTEBOOKS, plan_parameters
 from tests.conftest import CHROMIUM, guarded_environment, requires_chromium, run_cli, write_dataset
 
@@ -79,7 +84,7 @@ def test_report_writes_an_index_and_a_report_per_notebook(fast_report: Path) -> 
     assert best in (None, "efficientnet_lite0", "efficientnet_lite1")
     assert ("No pair differs" in comparison) == (best is None)
     page = (fast_report / "04_compare_backbones.html").read_text()
-    assert "corrected t-test" in page and "p_holm" in page  # the pairs table under the rule
+    assert "corrected t-test" in page and "<th>p holm</th>" in page  # the pairs table under the rule
     assert index[4]["summary"].startswith("study report: 3 trials")
 
 
@@ -90,6 +95,113 @@ def test_reports_are_static_and_self_contained(fast_report: Path) -> None:
         assert "application/vnd.jupyter.widget" not in page
         assert "Traceback" not in page
     assert (fast_report / "03_evaluate.html").read_text().count('src="data:image/png;base64') >= 5
+
+
+class _Cells(HTMLParser):
+    """The text of every table cell (<td> and <th>) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[str] = []
+        self._open: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("td", "th"):
+            self._open = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._open is not None:
+            self.cells.append("".join(self._open).strip())
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open.append(data)
+
+
+def table_cells(page: str) -> list[str]:
+    parser = _Cells()
+    parser.feed(page)
+    return parser.cells
+
+
+def test_no_table_cell_on_any_page_reads_nan(fast_report: Path) -> None:
+    for name in NOTEBOOKS:
+        cells = table_cells((fast_report / f"{name}.html").read_text())
+        assert cells, name
+        assert [cell for cell in cells if cell.lower() in ("nan", "none", "nat", "<na>")] == [], name
+    metrics = table_cells((fast_report / "03_evaluate.html").read_text())
+    assert nb.MISSING in metrics  # macro precision/recall and ROC AUC have no interval: a dash, with the note
+    assert "no 95% interval is computed for macro precision" in (fast_report / "03_evaluate.html").read_text()
+
+
+def test_each_page_opens_with_its_answer(fast_report: Path) -> None:
+    """The answer box comes before every other table and figure, and before the training logs of 02 and 04."""
+    for name in NOTEBOOKS:
+        page = (fast_report / f"{name}.html").read_text()
+        body = page[page.index("<body") :]
+        box = body.find(f'class="{nb.BOX_CLASS}"')
+        assert box >= 0 and nb.PENDING not in body, f"{name}: no answer box, or it was never filled in"
+        others = [m.start() for m in re.finditer(r"<table|<img", body) if not _inside_box(body, m.start())]
+        assert others and box < min(others), name
+    for name, log_line in (("02_train", "epoch 1/1"), ("04_compare_backbones", "held-out accuracy")):
+        page = (fast_report / f"{name}.html").read_text()
+        assert page.index(f'class="{nb.BOX_CLASS}"') < page.index(log_line), name
+
+
+def _inside_box(body: str, at: int) -> bool:
+    start = body.rfind(f'class="{nb.BOX_CLASS}"', 0, at)  # inside the box's own <div ...>
+    return start >= 0 and 1 + body.count("<div", start, at) > body.count("</div>", start, at)
+
+
+def test_04_shows_one_line_per_fold_and_keeps_each_full_log(fast_report: Path) -> None:
+    page = (fast_report / "04_compare_backbones.html").read_text()
+    assert page.count("held-out accuracy") == 2 * 3  # two backbones, three folds
+    assert "epoch 1/1  train loss" not in page and "leading backbone blocks frozen" not in page
+    logs = sorted((fast_report.parent / "cv").glob("*/repeat0-fold*/train.log"))
+    assert len(logs) >= 6 and all("epoch 1/1  train loss" in log.read_text() for log in logs)
+    assert "train s/fold (training epochs per fold, averaged) and ms/image" in page  # load-dependent, and said so
+    assert "wall-clock time on this machine" in page
+
+
+def test_05_says_what_a_short_study_can_and_cannot_say(fast_report: Path) -> None:
+    page = (fast_report / "05_tune.html").read_text()
+    assert "an optimistic estimate" in page and "for a single trial; as the best of 3 it is optimistic" in page
+    assert "3 finished trials can show that the search runs" in page
+    assert "Hyperparameter Importances" not in page  # 3 trials: no importances drawn
+    assert "wall-clock time on this machine" in page
+
+
+def test_numbers_keep_their_significant_figures_and_a_missing_one_is_a_dash() -> None:
+    assert [nb.format_value(v) for v in (4.2e-06, 0.83333, 52.7, 110.5, 1.5, 0.0, 7, "text")] == [
+        "4.2e-06",
+        "0.833",
+        "52.7",
+        "110",
+        "1.5",
+        "0",
+        "7",
+        "text",
+    ]
+    assert [nb.format_value(v) for v in (None, np.nan, pd.NA, float("nan"))] == [nb.MISSING] * 4
+    frame = pd.DataFrame({"weight_decay": [4.2e-06, np.nan], "state": ["complete", "pruned"]})
+    html = nb.table(frame, caption="trials", notes=["a note"], missing="the trial was pruned").data
+    assert table_cells(html) == ["weight decay", "state", "4.2e-06", "complete", nb.MISSING, "pruned"]
+    assert f"{nb.MISSING}: the trial was pruned" in html and "a note" in html and "nan" not in html.lower()
+    assert "the trial was pruned" not in nb.table(frame.dropna()).data  # no dash, no footnote
+
+
+def test_the_summary_box_is_static_html_with_inline_styles_only() -> None:
+    box = nb.summary_box(
+        "Test accuracy 0.9 <b>", {"accuracy": "0.900 (95% CI 0.8–0.95)", "n": 60}, verdict="A beats B.", notes=["n=60"]
+    ).data
+    assert box.startswith(f'<div class="{nb.BOX_CLASS}" style="') and "<script" not in box and "<style" not in box
+    assert "Test accuracy 0.9 &lt;b&gt;" in box and "A beats B." in box and "n=60" in box
+    assert table_cells(box) == ["accuracy", "0.900 (95% CI 0.8–0.95)", "n", "60"]
+    lines = nb.summary_box("t", ["one", "two"]).data
+    assert "<li>one</li><li>two</li>" in lines
+    frame = nb.summary_box("t", pd.DataFrame({"a": [1]}, index=pd.Index(["train"], name="split"))).data
+    assert "train" in table_cells(frame)  # a meaningful index is shown
 
 
 def render(page: Path) -> dict:

@@ -462,8 +462,21 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+# What a report says under `metrics_table` for the rows without an interval (their ci_low and ci_high are NaN).
+NO_INTERVAL_NOTE = (
+    "no 95% interval is computed for macro precision, macro recall or ROC AUC: read them as point estimates on "
+    "these images (ROC AUC has no value when the images hold a single class)"
+)
+
+
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    """Headline metrics as tidy rows (metric, value, ci_low, ci_high) for notebooks and comparisons."""
+    """Headline metrics as tidy rows (metric, value, ci_low, ci_high, interval) for notebooks and comparisons.
+
+    `interval` names how the 95% CI was made (`CI95_METHODS`), or says that none is computed: macro precision,
+    macro recall and ROC AUC have none, so their bounds are NaN rather than an interval nobody computed (a report
+    shows them as a dash with `NO_INTERVAL_NOTE`). ROC AUC's value is NaN when the images hold a single class.
+    """
+    methods = metrics.get("ci95_method") or CI95_METHODS
     rows = []
     for metric, key, ci_key in (
         ("accuracy", "accuracy", "accuracy"),
@@ -482,9 +495,10 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
                 "value": np.nan if value is None else float(value),
                 "ci_low": np.nan if ci is None else ci[0],
                 "ci_high": np.nan if ci is None else ci[1],
+                "interval": "none computed" if ci is None else methods.get(ci_key, "95% CI"),
             }
         )
-    return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high", "interval"])
 
 
 def metrics_side_by_side(named: dict[str, dict]) -> pd.DataFrame:

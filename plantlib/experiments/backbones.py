@@ -32,8 +32,12 @@ def compare_backbones(
     folds: int = 5,
     seeds: Sequence[int] | None = None,
     show_progress: bool = False,
+    quiet: bool = False,
 ) -> BackboneComparison:
-    """Cross-validate `config` with each backbone on the same folds (and training seeds), then compare them."""
+    """Cross-validate `config` with each backbone on the same folds (and training seeds), then compare them.
+
+    Every fold's full log stays in its run directory; `quiet` prints one line per fold instead of the log.
+    """
     names = list(dict.fromkeys(backbones))
     if not names:
         raise ConfigError("name at least one backbone, e.g. efficientnet_lite0,efficientnet_lite1")
@@ -51,6 +55,7 @@ def compare_backbones(
                 seeds=seeds,
                 show_progress=show_progress,
                 parent_run_id=group.run_id,
+                quiet=quiet,
             )
             results[name] = result
             print(

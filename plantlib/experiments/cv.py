@@ -10,9 +10,11 @@ Folds share one decoded-image cache, so each image is decoded once per process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from plantlib.errors import ConfigError, PlantlibError
 from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics
 from plantlib.experiments.tracking import ParentRun, metric_values, tracking_callbacks
 from plantlib.paths import artifacts_dir
-from plantlib.runs import METRICS_FILE, CvDir, RunDir, is_cv_dir, new_unique_dir, read_cv_info
+from plantlib.runs import LOG_FILE, METRICS_FILE, CvDir, RunDir, is_cv_dir, new_unique_dir, read_cv_info
 from plantlib.training.build import build_image_cache
 from plantlib.training.trainer import CallbackLike, Trainer
 
@@ -116,6 +118,7 @@ def cross_validate(
     show_progress: bool = True,
     seeds: Sequence[int] | None = None,
     parent_run_id: str | None = None,
+    quiet: bool = False,
 ) -> CrossValidation:
     """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
 
@@ -123,6 +126,8 @@ def cross_validate(
     `config.seed + r`. Folds always come from the split seed, so two recipes with other training seeds share them.
     Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds and seeds. When tracked,
     the cross-validation is an MLflow group run holding its folds, nested under `parent_run_id` when given.
+    Each fold's printed log is kept in full in its run directory (`LOG_FILE`); `quiet` prints one line per fold
+    (`fold_line`) instead of the log itself.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
         saved = read_cv_info(cv_dir)
@@ -152,9 +157,9 @@ def cross_validate(
             repeat_config = _with_training_seed(config, seed)
             for fold in range(folds):
                 split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed, outside)
-                trained = _run_fold(
-                    repeat_config, data, split, cv.fold(repeat, fold), cache, callbacks, show_progress, group.run_id
-                )
+                run = cv.fold(repeat, fold)
+                with _fold_log(run, quiet, config.backbone, (repeat, len(seeds)), (fold, folds)):
+                    trained = _run_fold(repeat_config, data, split, run, cache, callbacks, show_progress, group.run_id)
                 rows.append(trained | {"repeat": repeat, "fold": fold})
         result = _summarise(cv, rows, data.classes)
         summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": _headline(result.metrics)}
@@ -195,6 +200,54 @@ def _with_training_seed(config: RunConfig, seed: int) -> RunConfig:
     return config.replace(seed=seed, split_seed=config.effective_split_seed)
 
 
+class _Tee:
+    """A text stream that writes to several: a fold's log file and the console it would have printed to."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def _fold_log(
+    run: RunDir, quiet: bool, backbone: str, repeat: tuple[int, int], fold: tuple[int, int]
+) -> Iterator[None]:
+    """What a fold prints goes to its `LOG_FILE` (appended: a resumed fold keeps its earlier lines) and to the
+    console, or with `quiet` only to the file, and the console gets the fold's `fold_line` once it is done."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    console = sys.stdout
+    with (
+        open(run.path / LOG_FILE, "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log if quiet else _Tee(console, log)),
+    ):
+        yield
+    if quiet:
+        print(fold_line(run, backbone, repeat, fold), flush=True)
+
+
+def fold_line(run: RunDir, backbone: str, repeat: tuple[int, int], fold: tuple[int, int]) -> str:
+    """One line for a finished fold: backbone, fold (and repeat), epochs, held-out accuracy and n, wall seconds.
+
+    `repeat` and `fold` are (index, count). The seconds are wall-clock time on this machine, whatever else ran.
+    """
+    info, metrics = run.read_info(), run.read_metrics() or {}
+    where = f"fold {fold[0] + 1}/{fold[1]}" + (f" of repeat {repeat[0] + 1}/{repeat[1]}" if repeat[1] > 1 else "")
+    epochs = info.get("epochs_done", 0)
+    return (
+        f"  {backbone} {where}: {epochs} epoch{'s' * (epochs != 1)} (best {info.get('best_epoch', '?')}), "
+        f"held-out accuracy {metrics.get('accuracy', float('nan')):.3f} (n={metrics.get('n', '?')}), "
+        f"{info.get('train_seconds', 0.0):.0f} s wall; full log: {run.name}/{LOG_FILE}"
+    )
+
+
 def _run_fold(
     config: RunConfig,
     data: PreparedData,
@@ -210,7 +263,9 @@ def _run_fold(
         run.path.mkdir(parents=True, exist_ok=True)
         save_split(split, run.split_file)
         fold_config = config.replace(split_file=str(run.split_file), new_split=False)
-        fold_data = dataclasses.replace(data, split=split, split_file=run.split_file, split_was_new=False)
+        fold_data = dataclasses.replace(
+            data, split=split, split_file=run.split_file, split_was_new=False, held_out_name="held-out"
+        )
         everything = [*tracking_callbacks(fold_config, parent_run_id), *callbacks]
         if run.is_run():
             trainer = Trainer.resume(run.path, everything, show_progress, data=fold_data, image_cache=cache)

@@ -25,10 +25,11 @@ import optuna
 from plantlib.checkpoint import drop_resume_state
 from plantlib.config import RunConfig, field_names, parse_config_text, read_config_file
 from plantlib.errors import ConfigError, PlantlibError
+from plantlib.evaluation.metrics import proportion_ci
 from plantlib.experiments.cv import cross_validate
 from plantlib.experiments.tracking import ParentRun, tracking_callbacks
 from plantlib.paths import artifacts_dir
-from plantlib.runs import RunDir, StudyDir
+from plantlib.runs import RunDir, StudyDir, is_cv_dir, read_cv_info
 from plantlib.training.trainer import Callback, StopTraining, Trainer, TrainingResult
 
 DEFAULT_SPACE = """
@@ -420,36 +421,137 @@ def tune(
 # ------------------------------------------------------------------------------------------ what a study shows
 
 
+IMPORTANCE_MIN_TRIALS = 10  # fewer finished trials than this, and parameter importances are noise: none are drawn
+# The colour map of the parallel-coordinates plot and the part of it used: every trial's line keeps a contrast
+# of 3:1 or more against the white background (WCAG's minimum for graphics), the worst trial's too.
+PARALLEL_COLOURS = ("viridis", 0.0, 0.6)
+
+
+@dataclass(frozen=True)
+class StudyOverview:
+    """How many trials a study holds in each state, and how many images scored its best trial."""
+
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    scored_images: int | None  # the best trial's validation images (or its CV pool); None when unknown
+
+
+def study_overview(storage: str | None, study_name: str) -> StudyOverview:
+    """Count the study's trials by state; read the best trial's run (or CV) directory for its number of images."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    states = [trial.state for trial in study.trials]
+    count = {state: states.count(state) for state in optuna.trial.TrialState}
+    scored = None
+    if count[optuna.trial.TrialState.COMPLETE]:
+        attrs = study.best_trial.user_attrs
+        if "run_dir" in attrs and RunDir(Path(attrs["run_dir"])).info_file.is_file():
+            scored = RunDir(Path(attrs["run_dir"])).read_info().get("sizes", {}).get("val")
+        elif "cv_dir" in attrs and is_cv_dir(attrs["cv_dir"]):
+            scored = read_cv_info(attrs["cv_dir"]).get("pool_size")
+    return StudyOverview(
+        count[optuna.trial.TrialState.COMPLETE],
+        count[optuna.trial.TrialState.PRUNED],
+        count[optuna.trial.TrialState.FAIL],
+        count[optuna.trial.TrialState.RUNNING],
+        scored,
+    )
+
+
+def best_value_line(result: TuneResult, overview: StudyOverview) -> str:
+    """The best value with what it rests on: "0.950 validation accuracy on 60 images (95% CI 0.861–0.990 for a
+    single trial; as the best of 3 it is optimistic)"."""
+    images = overview.scored_images
+    what = "pooled out-of-fold" if result.scored_on != "validation images" else "validation"
+    line = f"{result.best_value:.3f} {what} {result.metric}" + (f" on {images} images" if images else "")
+    if result.metric == "accuracy" and images:
+        low, high = proportion_ci(round(result.best_value * images), images)
+        line += f" (95% CI {low:.3f}–{high:.3f} for a single trial; as the best of {result.finished} it is optimistic)"
+    else:
+        line += f" (the best of {result.finished}: optimistic)"
+    return line
+
+
+def study_limits(overview: StudyOverview, scored_on: str = "validation images") -> list[str]:
+    """What a study of this size can and cannot say, in sentences for the page that shows it."""
+    finished, images = overview.complete, overview.scored_images
+    note = optimism_note(finished, scored_on)
+    lines = [
+        f"{note[0].upper()}{note[1:]}"
+        + (f" ({images} of them)" if images else "")
+        + ", so part of its lead is the luck of those images and of one training run: it overstates what the config"
+        " does on new images."
+    ]
+    if finished < IMPORTANCE_MIN_TRIALS:
+        lines.append(
+            f"{finished} finished trial{'s' * (finished != 1)} can show that the search runs and which settings fail "
+            "outright; they cannot rank hyperparameters or say by how much the best config beats another. Parameter "
+            f"importances need {IMPORTANCE_MIN_TRIALS} or more finished trials, so none are drawn."
+        )
+    else:
+        lines.append("Parameter importances describe these trials (which parameters moved the score here), not a law.")
+    return lines
+
+
 def study_figures(storage: str | None, study_name: str) -> dict[str, Any]:
-    """Static (matplotlib) figures of a study: optimisation history, parameter importances, parallel coordinates."""
+    """Static (matplotlib) figures of a study: optimisation history, parameter importances (from
+    `IMPORTANCE_MIN_TRIALS` finished trials on), parallel coordinates with every trial visible."""
+    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # stable enough for figures
+    finished = sum(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
+    drawings = [("history", optuna_plots.plot_optimization_history)]
+    if finished >= IMPORTANCE_MIN_TRIALS:
+        drawings.append(("importances", optuna_plots.plot_param_importances))
+    drawings.append(("parallel", optuna_plots.plot_parallel_coordinate))
     figures: dict[str, Any] = {}
-    for name, draw in (
-        ("history", optuna_plots.plot_optimization_history),
-        ("importances", optuna_plots.plot_param_importances),
-        ("parallel", optuna_plots.plot_parallel_coordinate),
-    ):
+    for name, draw in drawings:
         try:
-            axes = draw(study)
-        except (ValueError, RuntimeError) as error:  # e.g. importances need two or more finished trials
+            with plt.style.context("default"), warnings.catch_warnings():  # optuna sets ggplot for good: not past here
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # stable enough
+                warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")  # constant
+                axes = draw(study)
+        except (ValueError, RuntimeError) as error:  # e.g. nothing finished yet
             from plantlib.evaluation.plots import message_figure
 
             figures[name] = message_figure(f"{name}: {error}")
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        if name == "parallel":
+            _recolour_parallel(axes)
         figure.set_size_inches(11, 5)
         figures[name] = figure
     return figures
 
 
+def _recolour_parallel(axes: Any) -> None:
+    """Optuna colours trials with Blues on a grey background, which fades the worst one to near-white: use the
+    darker part of viridis and thicker lines on white, the best trial still the darkest."""
+    import matplotlib
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+
+    name, low, high = PARALLEL_COLOURS
+    for lines in [c for c in axes.collections if isinstance(c, LineCollection)]:
+        stops = np.linspace(low, high, 256)
+        best_low = lines.get_cmap().name.endswith("_r")  # optuna reverses Blues when lower values are better
+        lines.set_cmap(ListedColormap(matplotlib.colormaps[name](stops if best_low else stops[::-1])))
+        lines.set_linewidth(2.0)
+        if lines.colorbar is not None:
+            lines.colorbar.update_normal(lines)
+    axes.set_facecolor("white")
+
+
 def trials_frame(storage: str | None, study_name: str) -> Any:
-    """The study's trials as a DataFrame: number, state, value, parameters, duration."""
+    """The study's trials as a DataFrame: trial, state, value, parameters, seconds (wall-clock)."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    frame = frame.rename(columns={"number": "trial"})
+    if "state" in frame.columns:
+        frame["state"] = frame["state"].astype(str).str.lower()
     if "duration" in frame.columns:
         frame["seconds"] = frame.pop("duration").dt.total_seconds().round(1)
     return frame

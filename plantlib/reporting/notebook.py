@@ -1,4 +1,5 @@
-"""Helpers for the numbered notebooks: validated parameters, summaries for the report index, widgets or not.
+"""Helpers for the numbered notebooks: validated parameters, summaries for the report index, widgets or not, and
+the static HTML a page is read by: the answer box each page opens with, and tables that fit the page.
 
 Notebooks stay thin: they call these and the library, and show results.
 """
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import html
 import json
+import math
+import numbers
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +127,13 @@ def run_config(params: dict[str, Any], **overrides: Any) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
-def summary(text: str, **values: Any) -> None:
-    """Show a one-line result and hand it (with `values`) to the report index when run by `plantlib report`."""
+def summary(text: str, show: bool = True, **values: Any) -> None:
+    """Hand a one-line result (with `values`) to the report index when run by `plantlib report`; `show` also
+    prints it here (not needed on a page whose `answer_box` already shows the answer)."""
     from IPython.display import Markdown, display
 
-    display(Markdown(f"**Summary:** {text}"))
+    if show:
+        display(Markdown(f"**Summary:** {text}"))
     target = os.environ.get(SUMMARY_ENV)
     if target:
         write_json(Path(target), {"text": text, "values": json.loads(json.dumps(values, default=str))})
@@ -139,3 +146,150 @@ def show(figure: Any) -> None:
 
     display(figure)
     plt.close(figure)
+
+
+# -- static HTML: the answer box and tables ------------------------------------------------------------------
+# Inline styles only: no script, widget or stylesheet, so a box reads the same in JupyterLab (whose sanitiser
+# keeps these properties) and in nbconvert's static page. The classes let tests and readers find them.
+BOX_CLASS = "plantlib-summary"
+TABLE_CLASS = "plantlib-table"
+MISSING = "–"  # what a table shows for a value that does not exist; `table` says why in a footnote
+_BOX_STYLE = (
+    "border: 2px solid #2e7d4f; border-radius: 6px; padding: 0.5em 1em; margin: 0.25em 0 1em 0; "
+    "background-color: #f2f8f4; color: #1a1a1a; max-width: 60em"
+)
+_NOTE_STYLE = "font-size: 0.9em; color: #444444; margin: 0.25em 0"
+
+
+def summary_box(
+    title: str,
+    body: str | Sequence[str] | Mapping[str, Any] | Any,
+    verdict: str | None = None,
+    notes: Sequence[str] = (),
+) -> Any:
+    """The answer a page opens with: a bordered box holding `title`, the key numbers and the `verdict` sentence.
+
+    `body` is a line, a list of lines, a mapping (shown as a two-column table: what, value) or a DataFrame
+    (shown by `table`); `notes` are small print under it (caveats, what a number does not say). Returns an
+    IPython HTML object: the last expression of a cell, or `display(...)`.
+    """
+    from IPython.display import HTML
+
+    parts = [f'<div class="{BOX_CLASS}" style="{_BOX_STYLE}">']
+    parts.append(f'<p style="font-size: 1.15em; font-weight: bold; margin: 0.25em 0">{html.escape(title)}</p>')
+    parts.append(_box_body(body))
+    if verdict:
+        parts.append(f'<p style="font-weight: bold; margin: 0.5em 0 0.25em 0">{html.escape(verdict)}</p>')
+    parts += [f'<p style="{_NOTE_STYLE}">{html.escape(note)}</p>' for note in notes]
+    parts.append("</div>")
+    return HTML("\n".join(parts))
+
+
+PENDING = "It appears here once the cells below have run; if it stays like this, one of them failed."
+
+
+class AnswerBox:
+    """A page's answer at the top of the page: the box is shown where it is made (the cell after the parameters)
+    and filled in by `show` once a later cell has computed the answer. It is a display update, so JupyterLab,
+    papermill and nbconvert's HTML all show the filled box in that first place, before logs, tables and figures."""
+
+    def __init__(self) -> None:
+        from IPython.display import DisplayHandle
+
+        self._handle = DisplayHandle()
+        self._handle.display(summary_box("The answer", PENDING))
+
+    def show(
+        self,
+        title: str,
+        body: str | Sequence[str] | Mapping[str, Any] | Any,
+        verdict: str | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
+        """Fill the box in: the arguments are `summary_box`'s."""
+        self._handle.update(summary_box(title, body, verdict, notes))
+
+
+def answer_box() -> AnswerBox:
+    """Show this page's answer box (still empty) here; its `show` fills it in later."""
+    return AnswerBox()
+
+
+def _box_body(body: Any) -> str:
+    if isinstance(body, str):
+        return f'<p style="margin: 0.25em 0">{html.escape(body)}</p>'
+    if isinstance(body, Mapping):
+        rows = "".join(
+            f'<tr><th style="text-align: left">{html.escape(str(key))}</th>'
+            f'<td style="text-align: left">{html.escape(format_value(value))}</td></tr>'
+            for key, value in body.items()
+        )
+        return f'<table class="{TABLE_CLASS}" style="margin: 0.25em 0">{rows}</table>'
+    if hasattr(body, "to_html"):
+        return table(body).data
+    items = "".join(f"<li>{html.escape(str(line))}</li>" for line in body)
+    return f'<ul style="margin: 0.25em 0; padding-left: 1.5em">{items}</ul>'
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN and pandas' missing markers (NA, NaT): a value that does not exist."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A cell's text: `digits` significant figures, small numbers in scientific notation (4.2e-06, never 0.0000),
+    numbers of 1 or more without an exponent (52.7, 110), whole numbers and text as they are, `MISSING` for none."""
+    if is_missing(value):
+        return MISSING
+    if isinstance(value, (bool, numbers.Integral)) or not isinstance(value, numbers.Real) or math.isinf(value):
+        return str(value)
+    value = float(value)
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude >= 1:
+        decimals = max(digits - 1 - math.floor(math.log10(magnitude)), 0)
+        text = f"{value:.{decimals}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text  # as "g" does below: 1.5, not 1.50
+    return f"{value:.{digits}g}"
+
+
+def table(
+    frame: Any,
+    caption: str | None = None,
+    notes: Sequence[str] = (),
+    missing: str = "no value",
+    digits: int = 3,
+    index: bool | None = None,
+) -> Any:
+    """A DataFrame as a static table that fits the page: numbers by `format_value`, column names that wrap
+    (underscores read as spaces), `caption` above, `notes` below. A missing value shows as `MISSING` and a
+    footnote says why (`missing`), so no cell ever reads 'nan'. The index is shown when it is more than row numbers
+    (or as `index` says). Returns an IPython HTML object."""
+    import pandas as pd
+    from IPython.display import HTML
+
+    if index is None:
+        index = not isinstance(frame.index, pd.RangeIndex)
+    shown = frame.copy()
+    shown.columns = [str(column).replace("_", " ") for column in shown.columns]
+    has_missing = bool(frame.map(is_missing).to_numpy().any()) if len(frame) else False
+    cells = shown.astype(object).map(lambda value: format_value(value, digits))
+    body = cells.to_html(index=index, border=0, classes=TABLE_CLASS, escape=True)
+    lines = [f'<p style="font-weight: bold; margin: 0.5em 0 0.25em 0">{html.escape(caption)}</p>'] if caption else []
+    lines.append(body)
+    footnotes = [*notes, *([f"{MISSING}: {missing}"] if has_missing else [])]
+    lines += [f'<p style="{_NOTE_STYLE}">{html.escape(note)}</p>' for note in footnotes]
+    return HTML("<div>" + "\n".join(lines) + "</div>")
+
+
+def wall_time_note(what: str) -> str:
+    """Footnote for a column of wall-clock times: they measure this machine under whatever else ran, not the model."""
+    cores = os.cpu_count() or 1
+    load = f", load average {os.getloadavg()[0]:.1f} as this ran" if hasattr(os, "getloadavg") else ""
+    return (
+        f"{what}: wall-clock time on this machine ({cores} CPU cores{load}), so it moves with whatever else was "
+        "running: compare such times within one report at most."
+    )
