@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.measure import BENCH_DIR, bench_config
 from benchmarks.verdicts import markdown_table
+from plantlib.evaluation.plots import save_figure
 from plantlib.inference import explain, saliency_checks
 from plantlib.inference.predictor import LoadedModel, load_model, run_data
 from plantlib.io import write_text
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     write_text(BENCH_DIR / "saliency.md", text)
-    figure(loaded, files, networks, args.method).savefig(BENCH_DIR / "saliency.png", dpi=110)
+    save_figure(figure(loaded, files, networks, args.method), BENCH_DIR / "saliency.png", dpi=110)
     print(f"written: {BENCH_DIR / 'saliency.md'}, {BENCH_DIR / 'saliency.png'} ({time.perf_counter() - started:.0f} s)")
     return 0
 

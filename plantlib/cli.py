@@ -183,7 +183,12 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     else:
         config = _config_from_args(args)
         result = cross_validate(
-            config, folds=args.folds, repeats=args.repeats, include_test=args.include_test, seeds=args.seeds
+            config,
+            folds=args.folds,
+            repeats=args.repeats,
+            include_test=args.include_test,
+            seeds=args.seeds,
+            rerun=args.rerun,
         )
     folds = result.folds
     print(f"\ncross-validation: {result.cv_dir}")
@@ -223,7 +228,7 @@ def _cmd_compare_backbones(args: argparse.Namespace) -> int:
     from plantlib.models.backbones import offline_backbones
 
     names = args.backbones or offline_backbones()
-    run = compare_backbones(_config_from_args(args), names, folds=args.folds, seeds=args.seeds)
+    run = compare_backbones(_config_from_args(args), names, folds=args.folds, seeds=args.seeds, rerun=args.rerun)
     table = cv_table([result.cv_dir for result in run.results.values()], measure_speed=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         print(table.drop(columns=["ms/image"]).to_string(index=False))
@@ -414,6 +419,14 @@ def _add_config_options(parser: argparse.ArgumentParser, names: Sequence[str] | 
             )
 
 
+def _add_rerun(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train again even when a finished cross-validation has the same recipe, data and plantlib version",
+    )
+
+
 def _add_no_tracking(
     parser: argparse.ArgumentParser, help: str = "do not record runs in MLflow (same as --tracking off)"
 ) -> None:
@@ -501,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--resume", type=Path, metavar="CV_DIR", help="continue an interrupted cross-validation")
     _add_config_options(cv)
     _add_no_tracking(cv)
+    _add_rerun(cv)
     cv.set_defaults(run=_cmd_cv)
 
     compare = commands.add_parser("compare", help="paired comparison of CV directories or runs on the same split")
@@ -520,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbones.add_argument("--config", type=Path, help="config.json to start from (flags override its values)")
     _add_config_options(backbones)
     _add_no_tracking(backbones)
+    _add_rerun(backbones)
     backbones.set_defaults(run=_cmd_compare_backbones)
 
     sweep = commands.add_parser("tune", help="Optuna hyperparameter study over a YAML search space")

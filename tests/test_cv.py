@@ -25,6 +25,7 @@ from plantlib.experiments.compare import (
 from plantlib.experiments.cv import assign_folds, cross_validate, fold_split, pooled_metrics
 from plantlib.experiments.stats import corrected_t_test, holm_levels, mcnemar_test
 from plantlib.inference.predictor import evaluate_split, load_model
+from plantlib.runs import read_cv_info
 from plantlib.training.build import describe_run
 from plantlib.training.trainer import Callback
 from tests.conftest import pattern_image, run_cli, tiny_config, write_dataset
@@ -351,3 +352,27 @@ def test_configurations_are_named_by_the_recipe_fields_that_differ_from_the_defa
     # Where and how it ran says nothing about the recipe; nor does a field of an earlier version.
     executed = {"backbone": "b", "device": "cpu", "cache_memory_mb": 1.0, "extra": {"trial": 3}, "tracking_parent": "x"}
     assert configuration_name({**executed, "dropout": 0.3}, Path("y")) == "b, dropout=0.3 (y)"
+
+
+def test_a_finished_cross_validation_is_reused_for_the_same_recipe_data_and_version(tmp_path: Path) -> None:
+    data_dir = write_dataset(tmp_path / "d", {"ant": 9, "bee": 9})
+    config = tiny_config(data_dir, tmp_path / "cv", backbone="resnet18", pretrained=False, image_size=32, epochs=1)
+    counter = CountFits()
+    first = cross_validate(config, folds=2, callbacks=[counter], show_progress=False)
+    assert counter.fits == 2 and read_cv_info(first.cv_dir)["content_key"]
+
+    # how it runs does not matter (an execution field); the same recipe on the same images is found again
+    again = cross_validate(config.replace(cache_memory_mb=8.0), folds=2, callbacks=[counter], show_progress=False)
+    assert counter.fits == 2 and again.cv_dir == first.cv_dir
+    assert again.metrics["accuracy"] == first.metrics["accuracy"] and len(again.oof) == len(first.oof)
+
+    # what it learns does: another recipe, other settings, other image bytes, or rerun=True train anew
+    other_recipe = cross_validate(config.replace(learning_rate=0.01), folds=2, callbacks=[counter], show_progress=False)
+    other_folds = cross_validate(config, folds=3, callbacks=[counter], show_progress=False)
+    forced = cross_validate(config, folds=2, callbacks=[counter], show_progress=False, rerun=True)
+    assert counter.fits == 2 + 2 + 3 + 2
+    assert len({first.cv_dir, other_recipe.cv_dir, other_folds.cv_dir, forced.cv_dir}) == 4
+    image = next((data_dir / "ant").iterdir())
+    pattern_image(1234).save(image)  # same name, new content
+    edited = cross_validate(config, folds=2, callbacks=[counter], show_progress=False)
+    assert counter.fits == 2 + 2 + 3 + 2 + 2 and edited.cv_dir not in (first.cv_dir, forced.cv_dir)

@@ -33,10 +33,13 @@ def compare_backbones(
     seeds: Sequence[int] | None = None,
     show_progress: bool = False,
     quiet: bool = False,
+    rerun: bool = False,
 ) -> BackboneComparison:
     """Cross-validate `config` with each backbone on the same folds (and training seeds), then compare them.
 
-    Every fold's full log stays in its run directory; `quiet` prints one line per fold instead of the log.
+    Every fold's full log stays in its run directory; `quiet` prints one line per fold instead of the log. A
+    backbone whose cross-validation already finished with the same recipe, data and plantlib version is reused,
+    not trained again, unless `rerun`.
     """
     names = list(dict.fromkeys(backbones))
     if not names:
@@ -56,6 +59,7 @@ def compare_backbones(
                 show_progress=show_progress,
                 parent_run_id=group.run_id,
                 quiet=quiet,
+                rerun=rerun,
             )
             results[name] = result
             print(

@@ -29,6 +29,7 @@ from plantlib.data import PreparedData, prepare_data
 from plantlib.data.split import EXCLUDED, save_split
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics
+from plantlib.experiments.content_key import content_key, find_finished_cv
 from plantlib.experiments.tracking import ParentRun, metric_values, tracking_callbacks
 from plantlib.paths import artifacts_dir
 from plantlib.runs import LOG_FILE, METRICS_FILE, CvDir, RunDir, is_cv_dir, new_unique_dir, read_cv_info
@@ -103,9 +104,21 @@ def cv_pool(data: PreparedData, include_test: bool) -> pd.DataFrame:
     return pool[["path", "label", "group"]].reset_index(drop=True)
 
 
+def cv_parent(config: RunConfig) -> Path:
+    """Where `config`'s cross-validation directories go: its output_dir, else artifacts/cv."""
+    return Path(config.output_dir) if config.output_dir else artifacts_dir() / "cv"
+
+
 def new_cv_dir(config: RunConfig, folds: int) -> Path:
-    parent = Path(config.output_dir) if config.output_dir else artifacts_dir() / "cv"
-    return new_unique_dir(parent, f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{folds}fold")
+    return new_unique_dir(cv_parent(config), f"{time.strftime('%Y%m%d-%H%M%S')}-{config.backbone}-{folds}fold")
+
+
+def finished_twin(config: RunConfig, key: str) -> Path | None:
+    """A finished cross-validation with the same content key (announced), or None."""
+    found = find_finished_cv(cv_parent(config), key)
+    if found is not None:
+        print(f"reusing {found}: finished with the same recipe, data and plantlib version (--rerun trains again)")
+    return found
 
 
 def cross_validate(
@@ -119,6 +132,7 @@ def cross_validate(
     seeds: Sequence[int] | None = None,
     parent_run_id: str | None = None,
     quiet: bool = False,
+    rerun: bool = False,
 ) -> CrossValidation:
     """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
 
@@ -127,7 +141,8 @@ def cross_validate(
     Passing the `cv_dir` of an earlier, interrupted call continues it with the same folds and seeds. When tracked,
     the cross-validation is an MLflow group run holding its folds, nested under `parent_run_id` when given.
     Each fold's printed log is kept in full in its run directory (`LOG_FILE`); `quiet` prints one line per fold
-    (`fold_line`) instead of the log itself.
+    (`fold_line`) instead of the log itself. A finished cross-validation with the same content key (recipe, data,
+    settings, plantlib version: `experiments.content_key`) is reused, not trained again, unless `rerun`.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
         saved = read_cv_info(cv_dir)
@@ -138,21 +153,17 @@ def cross_validate(
     data = prepare_data(config, show_progress=show_progress)
     assigned = assign_folds(cv_pool(data, include_test), folds, len(seeds), config.effective_split_seed)
     outside = data.split.loc[~data.split["path"].isin(assigned["path"]), ["path", "label", "group"]]
+    settings = _settings(config, data, folds, seeds, include_test, len(assigned))
+    reused = cv_dir is None and not rerun and (twin := finished_twin(config, settings["content_key"])) is not None
+    cv_dir = twin if reused else cv_dir
     cv = CvDir(cv_dir if cv_dir is not None else new_cv_dir(config, folds))
-    settings = {
-        "folds": folds,
-        "repeats": len(seeds),
-        "seeds": seeds,
-        "fold_seed": config.effective_split_seed,
-        "include_test": include_test,
-        "pool_size": len(assigned),
-    }
     cv.write_info({"status": "running", "config": config.to_dict(), **settings})
     cv.write_folds(assigned)
     cache = build_image_cache(config)
     rows = []
     tags = {"backbone": config.backbone}
-    with ParentRun(config, cv.name, {**settings, **tags}, tags, parent_run_id) as group:
+    group_config = config.replace(tracking="off") if reused else config  # its runs are tracked already
+    with ParentRun(group_config, cv.name, {**settings, **tags}, tags, parent_run_id) as group:
         for repeat, seed in enumerate(seeds):
             repeat_config = _with_training_seed(config, seed)
             for fold in range(folds):
@@ -168,6 +179,21 @@ def cross_validate(
         group.log_file(cv.info_file)
         group.log_file(cv.oof_file)
     return result
+
+
+def _settings(
+    config: RunConfig, data: PreparedData, folds: int, seeds: list[int], include_test: bool, pool_size: int
+) -> dict[str, Any]:
+    """A cross-validation's settings as cv.json records them, with the content key they and the recipe make."""
+    settings = {
+        "folds": folds,
+        "repeats": len(seeds),
+        "seeds": seeds,
+        "fold_seed": config.effective_split_seed,
+        "include_test": include_test,
+        "pool_size": pool_size,
+    }
+    return settings | {"content_key": content_key(config, data, settings)}
 
 
 def repeat_seeds(seed: int, repeats: int, seeds: Sequence[int] | None = None) -> list[int]:
