@@ -187,3 +187,36 @@ def test_a_report_stopped_by_sigterm_ends_its_kernel_and_records_the_interruptio
     (record_file,) = (tmp_path / "artifacts" / "reports").glob(f"*/{RECORD_FILE}")
     record = json.loads(record_file.read_text())  # as written by the report, not inferred from its dead process
     assert record["status"] == "interrupted" and record["notebooks"][0]["status"] == "interrupted"
+
+
+def test_a_stopped_report_drops_only_the_dead_kernel_task_traceback() -> None:
+    """papermill's cell task fails with DeadKernelError once a stop ends its kernel; asyncio would print that
+    traceback when the task is collected, after the one-line stop message. Other task errors still show."""
+    import asyncio
+    import gc
+    import io
+    import logging
+
+    from nbclient.exceptions import DeadKernelError
+
+    from plantlib.reporting import runner
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        runner.drop_dead_kernel_task_logs()
+
+        async def fails(error: Exception) -> None:
+            raise error
+
+        loop = asyncio.new_event_loop()
+        tasks = [loop.create_task(fails(DeadKernelError("Kernel died"))), loop.create_task(fails(ValueError("x")))]
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        del tasks
+        gc.collect()
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+    assert "Task exception was never retrieved" in stream.getvalue() and "ValueError" in stream.getvalue()
+    assert "DeadKernelError" not in stream.getvalue()

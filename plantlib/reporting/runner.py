@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -241,6 +242,7 @@ def run_reports(
             _run_in_order(invocation, plan, echo, no_input)
     except BaseException:
         invocation.interrupted()
+        drop_dead_kernel_task_logs()
         raise
     invocation.completed()
     if echo:
@@ -252,6 +254,18 @@ def run_reports(
         ]
         print("\n" + summary_table(rows), flush=True)
     return invocation.notebooks
+
+
+def _dead_kernel_task(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return type(error).__name__ == "DeadKernelError"
+
+
+def drop_dead_kernel_task_logs() -> None:
+    """A report stopped mid-cell leaves papermill's cell task waiting on the kernel that its cleanup then ends; the
+    task fails with DeadKernelError, and asyncio logs that traceback ("Task exception was never retrieved") when
+    the task is collected, after the one-line stop message. The kernel was ended on purpose: drop that record."""
+    logging.getLogger("asyncio").addFilter(lambda record: not _dead_kernel_task(record))
 
 
 def _run_in_order(invocation: Invocation, plan: dict[str, dict[str, Any]], echo: bool, no_input: bool) -> None:
