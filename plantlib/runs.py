@@ -44,13 +44,22 @@ def evaluation_names(prefix: str = "") -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """One run's directory: its files by name, and typed readers and writers for them."""
+class Folder:
+    """A directory one of the classes below owns: its path (any path-like, kept as a Path) and name."""
 
     path: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class RunDir(Folder):
+    """One run's directory: its files by name, and typed readers and writers for them."""
 
     @classmethod
     def create(cls, config: RunConfig, output_dir: str | Path | None = None) -> RunDir:
@@ -68,10 +77,6 @@ class RunDir:
         return run_dir
 
     # -- where each file lives -------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG_FILE
@@ -174,18 +179,9 @@ class RunDir:
 
 
 @dataclass(frozen=True)
-class CvDir:
+class CvDir(Folder):
     """One cross-validation's directory: cv.json, the fold assignment, out-of-fold predictions, one RunDir per
     (repeat, fold)."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def info_file(self) -> Path:
@@ -234,9 +230,6 @@ class CvDir:
 
         return pd.read_csv(self.oof_file)
 
-    def read_folds(self) -> pd.DataFrame:
-        import pandas as pd
-
         return pd.read_csv(self.folds_file)
 
 
@@ -245,14 +238,9 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 @dataclass(frozen=True)
-class StudyDir:
+class StudyDir(Folder):
     """One sweep's directory: its trials' run (or cross-validation) directories, the best config, and the
     confirmation of that config on fresh folds and seeds."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
     def create(cls, path: str | Path) -> StudyDir:
