@@ -208,9 +208,17 @@ def summary_table(items: Sequence[Evaluated]) -> pd.DataFrame:
 
 def pairwise_table(items: Sequence[Evaluated], alpha: float = ALPHA) -> pd.DataFrame:
     """Every pair under the verdict rule: difference A − B, its Holm-level interval, raw and Holm p, verdict."""
-    paths = check_comparable(items)
+    check_comparable(items)
+    return paired_table(list(itertools.combinations(items, 2)), alpha)
+
+
+def paired_table(pairs: Sequence[tuple[Evaluated, Evaluated]], alpha: float = ALPHA) -> pd.DataFrame:
+    """The given pairs under the verdict rule, Holm's correction over exactly these pairs (each checked comparable)."""
+    if not pairs:
+        raise PlantlibError("name at least one pair of configurations to compare")
     rows = []
-    for a, b in itertools.combinations(items, 2):
+    for a, b in pairs:
+        paths = check_comparable([a, b])
         if a.cv is not None:
             test, only_a, only_b = _cv_pair(a, b), None, None
         else:
@@ -229,7 +237,7 @@ def pairwise_table(items: Sequence[Evaluated], alpha: float = ALPHA) -> pd.DataF
     columns = ["a", "b", "n", "units", "test", "difference", "ci_low", "ci_high", "ci_level", "p_value", "p_holm"]
     columns += ["only_a_right", "only_b_right", "verdict"]
     frame = pd.DataFrame(rows)[columns]
-    if items[0].cv is not None:
+    if pairs[0][0].cv is not None:
         frame = frame.drop(columns=["only_a_right", "only_b_right"])
     return frame
 

@@ -153,7 +153,7 @@ def cross_validate(
     data = prepare_data(config, show_progress=show_progress)
     assigned = assign_folds(cv_pool(data, include_test), folds, len(seeds), config.effective_split_seed)
     outside = data.split.loc[~data.split["path"].isin(assigned["path"]), ["path", "label", "group"]]
-    settings = _settings(config, data, folds, seeds, include_test, len(assigned))
+    settings = cv_settings(config, data, folds, seeds, include_test, len(assigned))
     reused = cv_dir is None and not rerun and (twin := finished_twin(config, settings["content_key"])) is not None
     cv_dir = twin if reused else cv_dir
     cv = CvDir(cv_dir if cv_dir is not None else new_cv_dir(config, folds))
@@ -172,19 +172,28 @@ def cross_validate(
                 with _fold_log(run, quiet, config.backbone, (repeat, len(seeds)), (fold, folds)):
                     trained = _run_fold(repeat_config, data, split, run, cache, callbacks, show_progress, group.run_id)
                 rows.append(trained | {"repeat": repeat, "fold": fold})
-        result = _summarise(cv, rows, data.classes)
-        summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": _headline(result.metrics)}
-        cv.write_info(summary | {"per_fold": _fold_spread(result.folds)})
-        group.log_metrics(metric_values(_headline(result.metrics), "cv"))
+        result = summarise(cv, rows, data.classes)
+        summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": headline(result.metrics)}
+        cv.write_info(summary | {"per_fold": fold_spread(result.folds)})
+        group.log_metrics(metric_values(headline(result.metrics), "cv"))
         group.log_file(cv.info_file)
         group.log_file(cv.oof_file)
     return result
 
 
-def _settings(
-    config: RunConfig, data: PreparedData, folds: int, seeds: list[int], include_test: bool, pool_size: int
+def cv_settings(
+    config: RunConfig,
+    data: PreparedData,
+    folds: int,
+    seeds: list[int],
+    include_test: bool,
+    pool_size: int,
+    kind: str | None = None,
 ) -> dict[str, Any]:
-    """A cross-validation's settings as cv.json records them, with the content key they and the recipe make."""
+    """A cross-validation's settings as cv.json records them, with the content key they and the recipe make.
+
+    `kind` names a model other than the fine-tuned recipe on the same folds (e.g. a linear probe); it enters the key.
+    """
     settings = {
         "folds": folds,
         "repeats": len(seeds),
@@ -192,7 +201,7 @@ def _settings(
         "fold_seed": config.effective_split_seed,
         "include_test": include_test,
         "pool_size": pool_size,
-    }
+    } | ({"kind": kind} if kind else {})
     return settings | {"content_key": content_key(config, data, settings)}
 
 
@@ -306,7 +315,7 @@ def _run_fold(
     return {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"], "run_dir": str(run.path)}
 
 
-def _summarise(
+def summarise(
     cv: CvDir, rows: list[dict[str, Any]], classes: list[str], frames: list[pd.DataFrame] | None = None
 ) -> CrossValidation:
     """Out-of-fold predictions of every repeat, and metrics pooled over the pool (repeats averaged per image).
@@ -351,9 +360,9 @@ def reevaluate_out_of_fold(
                 {"accuracy": metrics["accuracy"], "f1": metrics["f1"], "n": metrics["n"]}
                 | {"run_dir": str(run.path), "repeat": repeat, "fold": fold}
             )
-    result = _summarise(target, rows, classes, frames)
-    summary = {**saved, "tta": tta, "source": str(source.path), "pooled": _headline(result.metrics)}
-    target.write_info(summary | {"per_fold": _fold_spread(result.folds)})
+    result = summarise(target, rows, classes, frames)
+    summary = {**saved, "tta": tta, "source": str(source.path), "pooled": headline(result.metrics)}
+    target.write_info(summary | {"per_fold": fold_spread(result.folds)})
     target.copy_folds_from(source)  # the same folds, for whoever pairs the two
     return result
 
@@ -387,12 +396,12 @@ def _average_metrics(per_repeat: list[dict[str, Any]]) -> dict[str, Any]:
     return averaged
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("n", "accuracy", "f1", "roc_auc", "log_loss", "ece")
     return {**{k: metrics.get(k) for k in keys}, "ci95": metrics.get("ci95")}
 
 
-def _fold_spread(folds: pd.DataFrame) -> dict[str, Any]:
+def fold_spread(folds: pd.DataFrame) -> dict[str, Any]:
     return {
         name: {"mean": float(folds[name].mean()), "sd": float(folds[name].std(ddof=1)) if len(folds) > 1 else 0.0}
         for name in ("accuracy", "f1")
