@@ -23,7 +23,8 @@ from plantlib.experiments.compare import (
     paired_table,
     summary_table,
 )
-from plantlib.experiments.cv import CrossValidation, cross_validate
+from plantlib.experiments.cv import CrossValidation, cross_validate, repeat_seeds
+from plantlib.experiments.eta import FoldClock
 from plantlib.experiments.probe import probe_cross_validate
 from plantlib.experiments.tracking import ParentRun
 
@@ -71,6 +72,7 @@ def compare_backbones(
     for name in names:
         config.replace(backbone=name)  # an unknown name fails before anything trains
     results: dict[str, CrossValidation] = {}
+    clock = FoldClock(total=len(names) * folds * len(repeat_seeds(config.seed, 1, seeds)))
     parent_name = f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     with ParentRun(config, parent_name, {"backbones": ",".join(names), "folds": folds}) as group:
         for index, name in enumerate(names, start=1):
@@ -84,6 +86,7 @@ def compare_backbones(
                 parent_run_id=group.run_id,
                 quiet=quiet,
                 rerun=rerun,
+                clock=clock,
             )
             results[name] = result
             print(

@@ -30,6 +30,7 @@ from plantlib.data.split import EXCLUDED, save_split
 from plantlib.errors import ConfigError, PlantlibError
 from plantlib.evaluation.metrics import arrays_from_predictions, compute_metrics
 from plantlib.experiments.content_key import content_key, find_finished_cv
+from plantlib.experiments.eta import FoldClock
 from plantlib.experiments.tracking import ParentRun, metric_values, tracking_callbacks
 from plantlib.paths import artifacts_dir
 from plantlib.runs import LOG_FILE, METRICS_FILE, CvDir, RunDir, is_cv_dir, new_unique_dir, read_cv_info
@@ -133,6 +134,7 @@ def cross_validate(
     parent_run_id: str | None = None,
     quiet: bool = False,
     rerun: bool = False,
+    clock: FoldClock | None = None,
 ) -> CrossValidation:
     """K-fold (optionally repeated) cross-validation of `config`; resumable: finished folds are kept.
 
@@ -143,6 +145,8 @@ def cross_validate(
     Each fold's printed log is kept in full in its run directory (`LOG_FILE`); `quiet` prints one line per fold
     (`fold_line`) instead of the log itself. A finished cross-validation with the same content key (recipe, data,
     settings, plantlib version: `experiments.content_key`) is reused, not trained again, unless `rerun`.
+    After each fold a line says how many folds are done and about how long the rest will take; pass one `clock` to
+    several calls (a comparison) to count their folds together.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
         saved = read_cv_info(cv_dir)
@@ -160,6 +164,7 @@ def cross_validate(
     cv.write_info({"status": "running", "config": config.to_dict(), **settings})
     cv.write_folds(assigned)
     cache = build_image_cache(config)
+    clock = clock or FoldClock(total=folds * len(seeds))
     rows = []
     tags = {"backbone": config.backbone}
     group_config = config.replace(tracking="off") if reused else config  # its runs are tracked already
@@ -169,8 +174,11 @@ def cross_validate(
             for fold in range(folds):
                 split = fold_split(assigned, repeat, fold, config.val_fraction, config.effective_split_seed, outside)
                 run = cv.fold(repeat, fold)
+                reused_fold, started = run.status() == "finished", time.perf_counter()
                 with _fold_log(run, quiet, config.backbone, (repeat, len(seeds)), (fold, folds)):
                     trained = _run_fold(repeat_config, data, split, run, cache, callbacks, show_progress, group.run_id)
+                seconds = time.perf_counter() - started
+                print(f"  {clock.fold_finished(config.backbone, seconds, reused_fold)}", flush=True)
                 rows.append(trained | {"repeat": repeat, "fold": fold})
         result = summarise(cv, rows, data.classes)
         summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": headline(result.metrics)}
