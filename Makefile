@@ -8,7 +8,7 @@ STAMP := $(VENV)/.plantlib-installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup git-filter constraints kernel browser data report test bench lint format lab ui clean
+.PHONY: help setup git-filter constraints kernel browser data report test bench lint format lab ui serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -81,6 +81,15 @@ lab: setup ## start JupyterLab on localhost (no browser) with the plantlib kerne
 
 ui: setup ## start the MLflow UI on 127.0.0.1:5000 over the project's tracking store (artifacts/mlflow.db)
 	$(BIN)/plantlib ui
+
+# MODEL= a run directory, checkpoint, export folder or models:/NAME/VERSION; default: the newest finished run.
+MODEL ?=
+serve: data ## serve a model's REST API and try-it page on http://127.0.0.1:8000 (MODEL=... or the newest run)
+	@model="$(MODEL)"; if [ -z "$$model" ]; then \
+	  model=$$($(BIN)/python -c 'from plantlib.runs import latest_run; print(latest_run())' 2>/dev/null) || { \
+	    echo "no finished run under artifacts/runs: train one (make report or plantlib train) or pass MODEL=..." >&2; \
+	    exit 2; }; fi; \
+	$(BIN)/plantlib serve "$$model"
 
 clean: ## remove generated artifacts (runs, reports, the tracking store) and caches; keeps data and .venv
 	rm -rf artifacts/* data/.cache .pytest_cache .ruff_cache

@@ -104,7 +104,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("evaluation",),
     ("training", "inference"),
-    ("experiments",),
+    ("experiments", "serving"),
     ("reporting",),
     ("cli", "__main__"),
 )

@@ -1,8 +1,9 @@
 """Checkpoints: plain, self-describing dicts written atomically, and where a run directory keeps them.
 
 A checkpoint holds the model, optimiser, scheduler, loss scaler, epoch, early-stopping state, history, config,
-class names and normalisation. The model's shape is read from the saved config alone, so predict, evaluate and
-resume need nothing else. RNG states are not saved: every epoch reseeds from (seed, epoch).
+class names and normalisation; a finished run's best.pt also its calibration (temperature, conformal scores).
+The model's shape is read from the saved config alone, so predict, evaluate and resume need nothing else. RNG
+states are not saved: every epoch reseeds from (seed, epoch).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     with atomic_path(Path(path), needed_bytes=tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
+
+
+def store_calibration(path: Path, calibration: dict[str, Any]) -> None:
+    """Rewrite a checkpoint (atomically) with its `calibration` entry: the temperature and conformal scores that
+    `plantlib.evaluation.calibration.temperature_calibration` fitted on held-out images. A checkpoint without the
+    entry loads as uncalibrated (T = 1, no prediction sets)."""
+    payload = load_checkpoint(path)
+    save_checkpoint(path, {**payload, "calibration": calibration})
 
 
 def tensor_bytes(value: Any) -> int:

@@ -47,6 +47,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     for row in report["skipped"]:
         print(f"skipped      {row['path']}: {row['reason']}")
     print(f"duplicates   {report['duplicates_summary']}")
+    overrides = report["label_overrides"]
+    print(f"overrides    {overrides['applied']} applied from {overrides['file']}" if overrides else "overrides    none")
     print(f"split file   {prepared.split_file} ({'new' if prepared.split_was_new else 'reused'})")
     print(split_counts(prepared.split).to_string())
     print(f"data report  {prepared.report_file}")
@@ -72,13 +74,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from plantlib.experiments.store import registered_model_name
 
         args.register = registered_model_name(args.register)
-    callbacks = [*tracking_callbacks(config), _train_summary(args.register)]
+    aliases = _checked_aliases(args.alias, args.register)
+    callbacks = [*tracking_callbacks(config), _train_summary(args.register, aliases)]
     register_args = ["--register", args.register] if args.register else []  # for a torchrun job's own rank 0
+    register_args += [flag for alias in aliases for flag in ("--alias", alias)]
     train_here_or_launched(config, args.nproc, callbacks, resume=args.resume, train_args=register_args)
     return 0
 
 
-def _train_summary(register: str | None) -> Callback:
+def _checked_aliases(aliases: list[str] | None, register: str | None) -> list[str]:
+    """--alias values, checked before any training; they need --register."""
+    if aliases and not register:
+        raise PlantlibError("--alias names a version of a registered model: add --register NAME")
+    from plantlib.experiments.store import alias_names
+
+    return alias_names(aliases or [])
+
+
+def _train_summary(register: str | None, aliases: Sequence[str] = ()) -> Callback:
     """A callback: rank 0 prints where the finished run is, its test metrics and where it is tracked, then
     registers it as a version of model `register` (when given)."""
     from plantlib.evaluation.metrics import format_metrics
@@ -97,24 +110,48 @@ def _train_summary(register: str | None) -> Callback:
             if tracking:
                 print(f"MLflow run {tracking.get('run_id')} ({tracking.get('status')}) in {tracking.get('uri')}")
             if register:
-                _register(result.run_dir, register)
+                _register(result.run_dir, register, aliases)
 
     return TrainSummary()
 
 
-def _register(run: Path, name: str) -> None:
+def _register(run: Path, name: str, aliases: Sequence[str] = (), tracking_uri: str | None = None) -> None:
     from plantlib.experiments.store import register_run
 
-    version = register_run(run, name)
-    print(f"registered {run} as {name} version {version}")
+    version = register_run(run, name, tracking_uri, aliases)
+    named = f" ({', '.join(alias.strip() for alias in aliases)})" if aliases else ""
+    print(f"registered {run} as {name.strip()} version {version}{named}")
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from plantlib.experiments.store import register_run
-
-    version = register_run(args.run_dir, args.name, args.tracking_uri)
-    print(f"registered {args.run_dir} as {args.name.strip()} version {version}")
+    _register(args.run_dir, args.name, args.alias or [], args.tracking_uri)
     return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from plantlib.experiments.registry import PROXIED_SCHEME, registered_models_table
+
+    table = registered_models_table(args.tracking_uri, args.artifacts_destination)
+    if table.empty:
+        print("no registered models yet: plantlib register RUN --name NAME (or train --register NAME)")
+        return 0
+    with pd.option_context("display.width", 250, "display.max_columns", 10, "display.max_colwidth", 200):
+        print(table.to_string(index=False))
+    if table["storage"].str.startswith(PROXIED_SCHEME).any():
+        print(
+            f"\n{PROXIED_SCHEME}/ files are kept by the tracking server in its --artifacts-destination; pass the "
+            "same --artifacts-destination to show where they lie"
+        )
+    return 0
+
+
+def _local_model(source: str | Path, tracking_uri: str | None) -> Path:
+    """A checkpoint or run directory as it is; a models:/ URI resolved in the registry and downloaded."""
+    from plantlib.experiments.registry import resolve_model_source
+
+    return resolve_model_source(source, tracking_uri).path
 
 
 def _cmd_track(args: argparse.Namespace) -> int:
@@ -146,10 +183,28 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(args.port, args.tracking_uri)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from plantlib.experiments.store import check_port_free
+    from plantlib.serving.app import ServeSettings
+    from plantlib.serving.server import serve
+
+    source, name, version = str(args.model), None, None
+    if source.startswith("models:/"):
+        from plantlib.experiments.registry import resolve_model_source
+
+        resolved = resolve_model_source(source, args.tracking_uri)
+        source, name, version = str(resolved.path), resolved.name, resolved.version
+    check_port_free(args.host, args.port)
+    settings = ServeSettings(source=source, engine=args.engine, name=name, version=version)
+    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    from plantlib.experiments.registry import resolve_model_source
     from plantlib.inference.export import export_run
 
-    files = export_run(args.run_dir, args.format, Path(args.out) if args.out else None)
+    model = resolve_model_source(args.run_dir, args.tracking_uri)  # a registry version logs to its own run
+    files = export_run(model.path, args.format, Path(args.out) if args.out else None)
     for file in files:
         print(f"wrote {file}")
     if not args.no_tracking:
@@ -157,7 +212,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from plantlib.experiments.tracking import mlflow_available
 
         if mlflow_available():
-            run_id = log_files(args.run_dir, files, "export", args.tracking_uri)
+            run_id = log_files(model.run_dir, files, "export", model.tracking_uri or args.tracking_uri)
             print(f"logged to MLflow run {run_id}")
     return 0
 
@@ -200,6 +255,29 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from plantlib.experiments.audit import audit_cv, how_to_act, issues_table, summary_line
+
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top} is not allowed; use 1 or more")
+    audit = audit_cv(args.cv_dir, embeddings=not args.no_embeddings, rerun=args.rerun)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(issues_table(audit, args.top).round(4).to_string(index=False))
+    print(f"\n{summary_line(audit)}")
+    if audit.info.get("embeddings"):
+        outliers = ", ".join(audit.outliers(3)["path"])
+        print(
+            f"near-duplicate pairs in the embedding space: {audit.info['near_duplicate_pairs']} "
+            f"({audit.info['near_duplicate_pairs_not_hash_grouped']} not grouped by pixel hashes); "
+            f"most atypical: {outliers}"
+        )
+    print("files: " + ", ".join(str(path) for path in audit.files()))
+    print(how_to_act(audit))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -228,7 +306,10 @@ def _cmd_compare_backbones(args: argparse.Namespace) -> int:
     from plantlib.models.backbones import offline_backbones
 
     names = args.backbones or offline_backbones()
-    run = compare_backbones(_config_from_args(args), names, folds=args.folds, seeds=args.seeds, rerun=args.rerun)
+    config = _config_from_args(args)
+    run = compare_backbones(
+        config, names, folds=args.folds, seeds=args.seeds, rerun=args.rerun, linear_probe=args.linear_probe
+    )
     table = cv_table([result.cv_dir for result in run.results.values()], measure_speed=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         print(table.drop(columns=["ms/image"]).to_string(index=False))
@@ -237,6 +318,10 @@ def _cmd_compare_backbones(args: argparse.Namespace) -> int:
             print(run.comparison.pairs.round(4).to_string(index=False))
     if run.comparison is not None:
         print(f"\n{run.comparison.sentence}\nrule: {RULE}")
+    if run.finetuning is not None:
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+            print("\n" + run.finetuning.pairs.drop(columns=["n", "units"]).round(4).to_string(index=False))
+        print(f"what fine-tuning adds over a linear probe: {run.finetuning.sentence}")
     return 0
 
 
@@ -281,7 +366,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.out_of_fold:
         return _evaluate_out_of_fold(args)
-    predictor = load_predictor(args.checkpoints, device=args.device, engine=args.engine, tta=args.tta)
+    from plantlib.experiments.registry import require_run_data, resolve_model_source
+
+    models = [resolve_model_source(source, args.tracking_uri) for source in args.checkpoints]
+    for model in models if not args.data_dir else []:
+        require_run_data(model)  # a downloaded registry version: is its run's split here?
+    predictor = load_predictor(
+        [model.path for model in models],
+        device=args.device,
+        engine=args.engine,
+        tta=args.tta,
+        calibrated=not args.no_calibration,
+    )
     if args.data_dir:
         metrics, _ = evaluate_folder(predictor, Path(args.data_dir), Path(args.out_dir) if args.out_dir else None)
         where = args.data_dir
@@ -289,6 +385,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics, _ = evaluate_split(predictor, args.split)
         where = f"{args.split} split"
     print(f"{predictor.description} on {where}:\n{format_metrics(metrics)}")
+    if metrics.get("calibration"):
+        from plantlib.evaluation.calibration import calibration_lines
+
+        print("\n".join(calibration_lines(metrics)))
     for kind, path in metrics.get("files", {}).items():
         print(f"{kind}: {path}")
     return 0
@@ -312,9 +412,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from plantlib.inference.predictor import predict_files
     from plantlib.io import atomic_write
 
-    checkpoints = [args.checkpoint, *(args.ensemble or [])]
-    predictor = load_predictor(checkpoints, device=args.device, engine=args.engine, tta=args.tta)
-    frame = predict_files(predictor, [Path(p) for p in args.paths], batch_size=args.batch_size)
+    checkpoints = [_local_model(source, args.tracking_uri) for source in [args.checkpoint, *(args.ensemble or [])]]
+    predictor = load_predictor(
+        checkpoints, device=args.device, engine=args.engine, tta=args.tta, calibrated=not args.no_calibration
+    )
+    paths = [Path(p) for p in args.paths]
+    frame = predict_files(predictor, paths, batch_size=args.batch_size, coverage=args.coverage)
     frame = frame.drop(columns=["confidence"])
     if args.out:
         atomic_write(Path(args.out), lambda handle: frame.to_csv(handle, index=False))
@@ -328,11 +431,27 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from plantlib.inference.explain import explain_to_folder
     from plantlib.inference.predictor import load_model
 
-    loaded = load_model(args.checkpoint, device=args.device, engine="torch")  # maps need torch's gradients
+    # Maps need torch's gradients; the temperature only rescales them, the probabilities shown are calibrated.
+    checkpoint = _local_model(args.checkpoint, args.tracking_uri)
+    loaded = load_model(checkpoint, device=args.device, engine="torch", calibrated=not args.no_calibration)
     frame, skipped = explain_to_folder(loaded, args.paths, args.out, method=args.method)
     print(f"explained {len(frame)} images ({args.method}) into {args.out}: one PNG each + explanations.csv")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed above)")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from plantlib.checkpoint import find_checkpoint
+    from plantlib.inference.predictor import calibrate_checkpoint
+    from plantlib.runs import BEST_CHECKPOINT
+
+    checkpoint = find_checkpoint(args.checkpoint, (BEST_CHECKPOINT,))
+    calibration = calibrate_checkpoint(checkpoint, device=args.device)
+    print(
+        f"{checkpoint}: temperature {calibration['temperature']:.4f} and {calibration['n']} conformal scores "
+        f"from the validation split" + (f" ({calibration['note']})" if calibration.get("note") else "")
+    )
     return 0
 
 
@@ -463,6 +582,22 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average over the image and its mirror images (3×)"
     )
+    _add_no_calibration(parser)
+
+
+def _add_no_calibration(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="the network's own probabilities: ignore the temperature fitted on the validation split",
+    )
+
+
+def _add_registry_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store whose registry resolves models:/ URIs (default: $MLFLOW_TRACKING_URI, else the project's)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes on this node: runs torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPUs)",
     )
     train.add_argument("--register", metavar="NAME", help="register the best checkpoint as a version of model NAME")
+    train.add_argument(
+        "--alias", action="append", metavar="ALIAS", help="with --register: point this alias at the new version"
+    )
     _add_config_options(train)
     _add_no_tracking(train)
     train.set_defaults(run=_cmd_train)
@@ -517,6 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerun(cv)
     cv.set_defaults(run=_cmd_cv)
 
+    audit = commands.add_parser(
+        "audit", help="suspected label issues, outliers and near-duplicates of a finished cross-validation"
+    )
+    audit.add_argument("cv_dir", type=Path, metavar="CV_DIR", help="a finished cross-validation directory")
+    audit.add_argument("--top", type=int, default=10, help="images to list, most suspicious first (default: 10)")
+    audit.add_argument(
+        "--no-embeddings", action="store_true", help="label issues only: skip outliers and near-duplicates"
+    )
+    audit.add_argument("--rerun", action="store_true", help="compute the audit again even when one is saved")
+    audit.set_defaults(run=_cmd_audit)
+
     compare = commands.add_parser("compare", help="paired comparison of CV directories or runs on the same split")
     compare.add_argument("paths", nargs="+", metavar="CV_OR_RUN_DIR")
     compare.set_defaults(run=_cmd_compare)
@@ -535,6 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(backbones)
     _add_no_tracking(backbones)
     _add_rerun(backbones)
+    backbones.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="also each backbone's linear probe (frozen features + logistic regression) on the same folds",
+    )
     backbones.set_defaults(run=_cmd_compare_backbones)
 
     sweep = commands.add_parser("tune", help="Optuna hyperparameter study over a YAML search space")
@@ -568,8 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=Path,
         metavar="CHECKPOINT",
-        help="best.pt / last.pt, a run directory, or a cross-validation directory (its fold models); "
-        "several are evaluated as one ensemble (probabilities averaged)",
+        help="best.pt / last.pt, a run directory, a cross-validation directory (its fold models), or a registered "
+        "model (models:/NAME/VERSION, models:/NAME@ALIAS); several are evaluated as one ensemble (probabilities "
+        "averaged)",
     )
     where = evaluate.add_mutually_exclusive_group()
     where.add_argument(
@@ -586,17 +741,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a cross-validation directory: each fold model on its own held-out fold again (with --tta)",
     )
     _add_inference_options(evaluate)
+    _add_registry_uri(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files or folders")
-    predict.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
+    predict.add_argument(
+        "checkpoint", help="best.pt / last.pt, a run directory, or models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
     predict.add_argument("paths", nargs="+", help="image files or folders of images")
     predict.add_argument("--out", help="CSV to write (path, predicted, p_<class>...); default: print")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
-        "--ensemble", action="append", type=Path, metavar="CHECKPOINT", help="another member (repeatable)"
+        "--ensemble", action="append", metavar="CHECKPOINT", help="another member (repeatable; models:/ too)"
+    )
+    predict.add_argument(
+        "--coverage",
+        type=float,
+        metavar="LEVEL",
+        help="add each image's conformal prediction set (column prediction_set) holding the true class at least "
+        "this often, e.g. 0.9",
     )
     _add_inference_options(predict)
+    _add_registry_uri(predict)
     predict.set_defaults(run=_cmd_predict)
 
     tracking_uri = {"help": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else artifacts/mlflow.db)"}
@@ -611,6 +777,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", **tracking_uri)
     ui.set_defaults(run=_cmd_ui)
 
+    serve = commands.add_parser("serve", help="REST API and a try-it page for a model (FastAPI; docs at /docs)")
+    serve.add_argument("model", help="a run directory, a checkpoint, an export folder or .onnx, or models:/NAME/VER")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0: everyone)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default: 1)")
+    serve.add_argument("--engine", default="auto", choices=ENGINES, help="runtime for a checkpoint (default: auto)")
+    serve.add_argument("--tracking-uri", **tracking_uri)
+    serve.set_defaults(run=_cmd_serve)
+
     track = commands.add_parser("track", help="upload finished run directories to the tracking store (idempotent)")
     track.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     track.add_argument("--tracking-uri", **tracking_uri)
@@ -619,11 +794,23 @@ def build_parser() -> argparse.ArgumentParser:
     register = commands.add_parser("register", help="register a run's best checkpoint in the MLflow model registry")
     register.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     register.add_argument("--name", required=True, help="registered model name; each call adds a version")
+    register.add_argument(
+        "--alias", action="append", metavar="ALIAS", help="point this alias (e.g. champion) at the new version"
+    )
     register.add_argument("--tracking-uri", **tracking_uri)
     register.set_defaults(run=_cmd_register)
 
+    models = commands.add_parser("models", help="registered models: versions, aliases and where their files are")
+    models.add_argument("--tracking-uri", **tracking_uri)
+    models.add_argument(
+        "--artifacts-destination",
+        metavar="URI",
+        help="the tracking server's --artifacts-destination (e.g. s3://BUCKET): shows where proxied files lie",
+    )
+    models.set_defaults(run=_cmd_models)
+
     export = commands.add_parser("export", help="self-contained ONNX model + model card of a run")
-    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or models:/NAME/VERSION or @ALIAS")
     export.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     export.add_argument("--no-tracking", action="store_true", help="do not log the export to the run's MLflow run")
@@ -639,12 +826,21 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.set_defaults(run=_cmd_lr_find)
 
     explain = commands.add_parser("explain", help="class-activation heat maps: where the model found its evidence")
-    explain.add_argument("checkpoint", type=Path, help="a run directory or its best.pt / last.pt")
+    explain.add_argument("checkpoint", help="a run directory or its best.pt / last.pt, or a models:/ URI")
     explain.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     explain.add_argument("--out", type=Path, required=True, help="folder for one PNG per image and explanations.csv")
     explain.add_argument("--method", default="gradcam", choices=["gradcam", "gradcampp"], help="default: gradcam")
     explain.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_no_calibration(explain)
+    _add_registry_uri(explain)
     explain.set_defaults(run=_cmd_explain)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="(re)fit a run's temperature and conformal scores on its validation split, into best.pt"
+    )
+    calibrate.add_argument("checkpoint", type=Path, metavar="RUN_DIR", help="a run directory or its best.pt")
+    calibrate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     kernel = commands.add_parser("kernel", help="register this environment as the Jupyter kernel 'Python (plantlib)'")
     kernel.add_argument(

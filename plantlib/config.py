@@ -40,6 +40,7 @@ DATA_FIELDS = (
     "val_fraction",
     "test_fraction",
     "near_duplicate_distance",
+    "label_overrides",
     "seed",
 )
 
@@ -67,6 +68,11 @@ class RunConfig:
     val_fraction: float = option(0.15, "share of each class held out for validation")
     test_fraction: float = option(0.15, "share of each class held out for the final test")
     near_duplicate_distance: int = option(6, "max Hamming distance of 64-bit perceptual hashes that groups images")
+    label_overrides: str | None = option(
+        None,
+        "CSV of label fixes (path,label; label 'exclude' leaves the image out; images are never moved); "
+        "None: label_overrides.csv beside the data folder when it exists; '': none",
+    )
     image_size: int = option(224, "side of the square input images in pixels")
     # recipe: model
     backbone: str = option(

@@ -34,7 +34,11 @@ RUN_FILES = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE
 CV_FILE = "cv.json"  # marks a cross-validation directory: status, settings and the config its folds train
 FOLDS_FILE = "folds.csv"  # a cross-validation's fold assignment, per repeat
 OOF_FILE = "oof.csv"  # a cross-validation's out-of-fold predictions
+EMBEDDINGS_FILE = "embeddings.npz"  # a linear probe's frozen-backbone embeddings of its pool images
 BEST_CONFIG_FILE = "best_config.json"  # a study's best trial as a config `plantlib train --config` reads
+AUDIT_FILE = "audit.csv"  # a cross-validation's label audit: every pool image ranked by label-issue score
+AUDIT_PAIRS_FILE = "audit_pairs.csv"  # the audit's near-duplicate pairs in the backbone's embedding space
+AUDIT_INFO_FILE = "audit.json"  # the audit's settings, counts and the out-of-fold file it was computed from
 
 
 def evaluation_names(prefix: str = "") -> tuple[str, str]:
@@ -230,7 +234,23 @@ class CvDir(Folder):
 
         return pd.read_csv(self.oof_file)
 
-        return pd.read_csv(self.folds_file)
+    def read_folds(self) -> pd.DataFrame:
+        """folds.csv: path, label, group (near-duplicate group) and one `fold_r<r>` column per repeat."""
+        import pandas as pd
+
+        return pd.read_csv(self.folds_file, dtype={"path": str, "label": str}, keep_default_na=False)
+
+    @property
+    def audit_file(self) -> Path:
+        return self.path / AUDIT_FILE
+
+    @property
+    def audit_pairs_file(self) -> Path:
+        return self.path / AUDIT_PAIRS_FILE
+
+    @property
+    def audit_info_file(self) -> Path:
+        return self.path / AUDIT_INFO_FILE
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:

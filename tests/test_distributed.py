@@ -118,8 +118,8 @@ def test_two_process_run_writes_one_run_dir_whose_checkpoint_matches_single_proc
 
 def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
     """Class probabilities of the run's test images, computed by hand: the checkpoint's weights in a freshly built
-    network, each image decoded by Pillow, its shorter side resized (bicubic) to image_size * 256 / 224, centre
-    cropped and normalised with the recorded mean and std."""
+    network (logits divided by its recorded temperature), each image decoded by Pillow, its shorter side resized
+    (bicubic) to image_size * 256 / 224, centre cropped and normalised with the recorded mean and std."""
     from plantlib.models.backbones import build_model
 
     payload = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
@@ -148,8 +148,9 @@ def _plain_torch_test_predictions(run: Path) -> pd.DataFrame:
         left, top = round((image.width - size) / 2), round((image.height - size) / 2)
         pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255
         crops.append((torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std)
+    temperature = (payload.get("calibration") or {}).get("temperature", 1.0)  # fitted on the validation split
     with torch.no_grad():
-        probs = torch.softmax(model(torch.stack(crops)), dim=1).numpy()
+        probs = torch.softmax(model(torch.stack(crops)) / temperature, dim=1).numpy()
     return pd.DataFrame(probs, index=paths, columns=payload["class_names"])
 
 

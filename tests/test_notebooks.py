@@ -36,7 +36,7 @@ def test_first_code_cell_declares_typed_documented_parameters(path: Path) -> Non
     defaults = RunConfig()
     for name, info in declared.items():
         assert info["inferred_type_name"] in {"str", "int", "float", "bool"} and info["help"], name
-        shorter_schedule = path.stem in {"04_compare_backbones", "05_tune"} and name == "epochs"
+        shorter_schedule = path.stem in {"04_compare_backbones", "05_tune", "06_audit"} and name == "epochs"
         if hasattr(defaults, name) and not shorter_schedule:
             value = eval(info["default"])
             if value == "":

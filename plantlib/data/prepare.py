@@ -13,6 +13,13 @@ from plantlib.config import RunConfig
 from plantlib.data.duplicates import DuplicateReport, find_duplicates
 from plantlib.data.fetch import dataset_is_complete, fetch_dataset
 from plantlib.data.names import file_in
+from plantlib.data.overrides import (
+    AppliedOverrides,
+    LabelOverrides,
+    apply_overrides,
+    overrides_file_for,
+    read_overrides,
+)
 from plantlib.data.scan import DataWarning, ScanResult, scan_dataset
 from plantlib.data.split import (
     MIN_IMAGES_PER_CLASS,
@@ -23,6 +30,7 @@ from plantlib.data.split import (
     make_split,
     save_split,
 )
+from plantlib.errors import DataError
 from plantlib.io import write_json
 from plantlib.paths import builtin_data_dir, data_root
 
@@ -41,6 +49,7 @@ class PreparedData:
     report_file: Path
     # What this run's "test" rows are: the test split, or a cross-validation fold's held-out part.
     held_out_name: str = "test"
+    overrides: AppliedOverrides | None = None  # the label overrides applied after the scan, if any
 
     def frame(self, split: str) -> pd.DataFrame:
         """Rows of one split (`train`, `val` or `test`) with absolute paths and label indices."""
@@ -64,20 +73,40 @@ def resolve_data_dir(config: RunConfig) -> Path:
     return target
 
 
-def split_file_for(config: RunConfig, data_dir: Path) -> Path:
-    """The split file `config` uses for the images in `data_dir`: its own `split_file`, or the default name."""
+def split_file_for(config: RunConfig, data_dir: Path, overrides: LabelOverrides | None = None) -> Path:
+    """The split file `config` uses for the images in `data_dir`: its own `split_file`, or the default name
+    (one per override file content, so adding overrides never makes the split without them stale)."""
     if config.split_file:
         return Path(config.split_file)
-    return default_split_file(data_dir, config.effective_split_seed, config.val_fraction, config.test_fraction)
+    tag = overrides.tag if overrides is not None else ""
+    return default_split_file(data_dir, config.effective_split_seed, config.val_fraction, config.test_fraction, tag)
+
+
+def overrides_for(config: RunConfig, data_dir: Path) -> LabelOverrides | None:
+    """The label overrides `config` applies to `data_dir` (`RunConfig.label_overrides`), or None."""
+    path = overrides_file_for(config.label_overrides, data_dir)
+    return read_overrides(path) if path is not None else None
+
+
+def usable_images(scan: ScanResult, overrides: LabelOverrides | None) -> tuple[pd.DataFrame, AppliedOverrides | None]:
+    """The scan's usable images with the label overrides applied (announced in one line), and what changed."""
+    if overrides is None:
+        return scan.images, None
+    images, applied = apply_overrides(scan.images, overrides, scan.classes)
+    print(applied.summary())
+    if images["label"].nunique() < 2:
+        raise DataError(f"after {applied.summary()}, fewer than 2 classes are left; remove some overrides")
+    return images, applied
 
 
 def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     """Fetch (built-in data only), scan, group duplicates and load or make the split for `config`."""
     data_dir = resolve_data_dir(config)
     scan = scan_dataset(data_dir, show_progress=show_progress)
-    images = scan.images
+    overrides = overrides_for(config, data_dir)
+    images, applied = usable_images(scan, overrides)
     duplicates = find_duplicates(images, max_distance=config.near_duplicate_distance)
-    split_file = split_file_for(config, data_dir)
+    split_file = split_file_for(config, data_dir, overrides)
     is_new = config.new_split or not split_file.is_file()
     if is_new:
         split = make_split(
@@ -90,13 +119,14 @@ def prepare_data(config: RunConfig, show_progress: bool = True) -> PreparedData:
     warn_about_missing_classes(split, split_file, is_new)
     prepared = PreparedData(
         data_dir=data_dir,
-        classes=scan.classes,
+        classes=sorted(images["label"].unique().tolist()),
         scan=scan,
         duplicates=duplicates,
         split=split,
         split_file=split_file,
         split_was_new=is_new,
         report_file=data_root() / "reports" / f"{split_file.stem}-data-report.json",
+        overrides=applied,
     )
     write_json(prepared.report_file, data_report(prepared))
     return prepared
@@ -131,6 +161,9 @@ def data_report(prepared: PreparedData) -> dict[str, Any]:
         "files_seen": len(scan.records),
         "usable_images": len(scan.images),
         "class_counts": scan.class_counts(),
+        "label_overrides": prepared.overrides.report() if prepared.overrides is not None else None,
+        "images_used": len(split),
+        "class_counts_used": {str(k): int(v) for k, v in split["label"].value_counts().sort_index().items()},
         "skipped": scan.skipped.to_dict(orient="records"),
         "exact_duplicate_groups": dups.exact_groups,
         "near_duplicate_groups": dups.near_groups,

@@ -19,8 +19,14 @@ SPLIT_COLUMNS = ("path", "label", "split", "group")
 MIN_IMAGES_PER_CLASS = len(SPLITS)  # one for each split: fewer, and a class cannot be validated and tested
 
 
-def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_fraction: float) -> Path:
-    """`data/splits/<folder>-<where>-seed<seed>-<train>-<val>-<test>.csv`; stable across clones."""
+def default_split_file(
+    data_dir: Path, seed: int, val_fraction: float, test_fraction: float, overrides_tag: str = ""
+) -> Path:
+    """`data/splits/<folder>-<where>-seed<seed>-<train>-<val>-<test>[-overrides<tag>].csv`; stable across clones.
+
+    Label overrides (`plantlib.data.overrides`) change the images a split describes, so each override file's
+    content (`overrides_tag`) gets a split of its own and the split without overrides stays as it was.
+    """
     data_dir = Path(data_dir).resolve()
     try:
         where = data_dir.relative_to(project_root()).as_posix()
@@ -29,7 +35,8 @@ def default_split_file(data_dir: Path, seed: int, val_fraction: float, test_frac
     key = hashlib.sha1(os.fsencode(where)).hexdigest()[:6]  # the bytes of the name, valid UTF-8 or not
     train = 1 - val_fraction - test_fraction
     shares = "-".join(f"{round(f * 100):g}" for f in (train, val_fraction, test_fraction))
-    return splits_dir() / f"{data_dir.name}-{key}-seed{seed}-{shares}.csv"
+    suffix = f"-overrides{overrides_tag}" if overrides_tag else ""
+    return splits_dir() / f"{data_dir.name}-{key}-seed{seed}-{shares}{suffix}.csv"
 
 
 def _targets(count: int, val_fraction: float, test_fraction: float) -> dict[str, int]:

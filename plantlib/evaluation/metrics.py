@@ -276,6 +276,21 @@ def _bootstrap_probability_ci(
     return {"log_loss": _percentile_interval(log_losses), "ece": _percentile_interval(eces)}
 
 
+def probability_intervals(
+    y_true: np.ndarray, probs: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, list[float] | None]:
+    """95% bootstrap intervals of log loss and ECE, exactly as `compute_metrics` makes them (same resamples)."""
+    return _bootstrap_probability_ci(
+        np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64), n_bootstrap, seed
+    )
+
+
+def per_image_log_loss(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each image's log loss, −log p(true class), with the one clip every log loss here applies."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    return -np.log(clip_probabilities(probs)[np.arange(len(y_true)), y_true])
+
+
 def compute_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,

@@ -228,6 +228,30 @@ def plot_reliability(metrics_or_reliability: dict) -> Figure:
 
     Accepts `compute_metrics` output or its "reliability" entry. Bars below the diagonal mean over-confidence.
     """
+    fig, (ax, count_ax) = plt.subplots(
+        2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, layout="constrained"
+    )
+    _draw_reliability(ax, count_ax, metrics_or_reliability, "reliability")
+    return fig
+
+
+def plot_reliability_before_after(before: dict, after: dict, n: int | None = None) -> Figure:
+    """Two reliability diagrams side by side: without and with calibration (temperature scaling), same images.
+
+    Each side takes what `plot_reliability` takes (e.g. `compare_calibration(...)["before"]` and `["after"]`).
+    """
+    fig, axes = plt.subplots(
+        2, 2, figsize=(10, 6), sharex=True, sharey="row", gridspec_kw={"height_ratios": [3, 1]}, layout="constrained"
+    )
+    for column, (label, part) in enumerate((("uncalibrated", before), ("calibrated", after))):
+        _draw_reliability(axes[0, column], axes[1, column], part, label)
+    if n is not None:
+        fig.suptitle(f"reliability before and after temperature scaling (n = {n})")
+    return fig
+
+
+def _draw_reliability(ax: Axes, count_ax: Axes, metrics_or_reliability: dict, title: str) -> None:
+    """One reliability diagram (accuracy bars, gap to confidence, diagonal) over its bin counts."""
     reliability = metrics_or_reliability.get("reliability", metrics_or_reliability)
     lower = np.asarray(reliability["bin_lower"], dtype=np.float64)
     upper = np.asarray(reliability["bin_upper"], dtype=np.float64)
@@ -239,9 +263,6 @@ def plot_reliability(metrics_or_reliability: dict) -> Figure:
         filled = counts > 0
         ece = float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / max(counts.sum(), 1))
     width = upper - lower
-    fig, (ax, count_ax) = plt.subplots(
-        2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, layout="constrained"
-    )
     ax.bar(lower, np.nan_to_num(accuracy), width=width, align="edge", edgecolor="black", alpha=0.8, label="accuracy")
     gap = np.nan_to_num(confidence - accuracy)
     ax.bar(
@@ -257,11 +278,10 @@ def plot_reliability(metrics_or_reliability: dict) -> Figure:
         label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
-    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} (ECE {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
     count_ax.bar(lower, counts, width=width, align="edge", edgecolor="black", color="tab:grey")
     count_ax.set(xlabel="confidence (top-1 probability)", ylabel="images")
-    return fig
 
 
 def plot_image_grid(

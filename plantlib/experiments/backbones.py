@@ -97,20 +97,27 @@ def compare_backbones(
         comparison = None
         if len(results) > 1:
             comparison = compare_paths([r.cv_dir for r in results.values()], names=list(results))
-    probes = {}
-    if linear_probe:
-        for name in names:
-            started = time.perf_counter()
-            probes[name] = probe_cross_validate(
-                config.replace(backbone=name), folds=folds, seeds=seeds, show_progress=show_progress, rerun=rerun
-            )
-            print(
-                f"{name} linear probe: pooled out-of-fold accuracy {probes[name].metrics['accuracy']:.3f} "
-                f"in {time.perf_counter() - started:.0f} s; {probes[name].cv_dir}",
-                flush=True,
-            )
+    probes = _linear_probes(config, names, folds, seeds, show_progress, rerun) if linear_probe else {}
     gain = finetuning_gain({n: r.cv_dir for n, r in results.items()}, {n: p.cv_dir for n, p in probes.items()})
     return BackboneComparison(results, comparison, group.run_id, probes, gain)
+
+
+def _linear_probes(
+    config: RunConfig, names: list[str], folds: int, seeds: Sequence[int] | None, show_progress: bool, rerun: bool
+) -> dict[str, CrossValidation]:
+    """Each backbone's linear probe on the comparison's folds (seconds each; reused by content key)."""
+    probes = {}
+    for name in names:
+        started = time.perf_counter()
+        probes[name] = probe_cross_validate(
+            config.replace(backbone=name), folds=folds, seeds=seeds, show_progress=show_progress, rerun=rerun
+        )
+        print(
+            f"{name} linear probe: pooled out-of-fold accuracy {probes[name].metrics['accuracy']:.3f} "
+            f"in {time.perf_counter() - started:.0f} s; {probes[name].cv_dir}",
+            flush=True,
+        )
+    return probes
 
 
 def finetuning_gain(finetuned: Mapping[str, Path], probes: Mapping[str, Path]) -> FinetuningGain | None:

@@ -22,13 +22,16 @@ from plantlib.data import PreparedData
 from plantlib.data.names import file_in
 from plantlib.runs import is_cv_dir, read_cv_info
 
-# Where the data lives, not what it is: the images' content is hashed instead.
-LOCATION_FIELDS = ("data_dir", "split_file", "new_split")
+# Where the data lives, not what it is: the images' content (and the label overrides' content) is hashed instead.
+LOCATION_FIELDS = ("data_dir", "split_file", "new_split", "label_overrides")
 
 
 def data_fingerprint(data: PreparedData) -> str:
-    """A hash of every split row (path, label, group, split) and the bytes of its image."""
+    """A hash of every split row (path, label, group, split) and the bytes of its image, and of the label
+    overrides file when one was applied (so a result with overrides is never reused for one without)."""
     digest = hashlib.sha256()
+    if data.overrides is not None:
+        digest.update(f"label overrides {data.overrides.sha256}\n".encode())
     for row in data.split.sort_values("path").itertuples(index=False):
         digest.update(f"{row.path}\t{row.label}\t{row.group}\t{row.split}\n".encode())
         try:

@@ -145,14 +145,10 @@ def cross_validate(
     Each fold's printed log is kept in full in its run directory (`LOG_FILE`); `quiet` prints one line per fold
     (`fold_line`) instead of the log itself. A finished cross-validation with the same content key (recipe, data,
     settings, plantlib version: `experiments.content_key`) is reused, not trained again, unless `rerun`.
-    After each fold a line says how many folds are done and about how long the rest will take; pass one `clock` to
-    several calls (a comparison) to count their folds together.
+    After each fold a line says how many folds are done and the time left; one `clock` counts several calls' folds.
     """
     if cv_dir is not None and is_cv_dir(cv_dir):
-        saved = read_cv_info(cv_dir)
-        config = RunConfig.from_dict(saved["config"])
-        folds, repeats, include_test = saved["folds"], saved["repeats"], saved["include_test"]
-        seeds = saved.get("seeds")
+        config, folds, repeats, include_test, seeds = _saved_settings(cv_dir)
     seeds = repeat_seeds(config.seed, repeats, seeds)
     data = prepare_data(config, show_progress=show_progress)
     assigned = assign_folds(cv_pool(data, include_test), folds, len(seeds), config.effective_split_seed)
@@ -177,8 +173,7 @@ def cross_validate(
                 reused_fold, started = run.status() == "finished", time.perf_counter()
                 with _fold_log(run, quiet, config.backbone, (repeat, len(seeds)), (fold, folds)):
                     trained = _run_fold(repeat_config, data, split, run, cache, callbacks, show_progress, group.run_id)
-                seconds = time.perf_counter() - started
-                print(f"  {clock.fold_finished(config.backbone, seconds, reused_fold)}", flush=True)
+                print(f"  {clock.fold_finished(config.backbone, time.perf_counter() - started, reused_fold)}")
                 rows.append(trained | {"repeat": repeat, "fold": fold})
         result = summarise(cv, rows, data.classes)
         summary = {"status": "finished", "config": config.to_dict(), **settings, "pooled": headline(result.metrics)}
@@ -187,6 +182,13 @@ def cross_validate(
         group.log_file(cv.info_file)
         group.log_file(cv.oof_file)
     return result
+
+
+def _saved_settings(cv_dir: Path) -> tuple[RunConfig, int, int, bool, list[int] | None]:
+    """What an earlier cross-validation in `cv_dir` ran with: config, folds, repeats, include_test, seeds."""
+    saved = read_cv_info(cv_dir)
+    config = RunConfig.from_dict(saved["config"])
+    return config, saved["folds"], saved["repeats"], saved["include_test"], saved.get("seeds")
 
 
 def cv_settings(

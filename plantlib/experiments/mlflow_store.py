@@ -3,7 +3,8 @@
 The default store is embedded in the project (a SQLite file, `artifacts/mlflow.db`, with artifacts in
 `artifacts/mlruns`): no server, works offline. `tracking_uri` or `$MLFLOW_TRACKING_URI` points at any MLflow
 server instead. Every MLflow call plantlib makes goes through `MlflowStore`: creating a run (nested or not),
-logging parameters, metrics and files, ending it, finding runs and registering models.
+logging parameters, metrics and files, ending it, finding runs, registering models, looking up their versions
+and aliases, and downloading their files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_mode
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a parameter value
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 500  # at most what MLflow takes in one call
 # MLflow's HTTP client retries for minutes by default; a training run must not wait that long for a lost server.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# Its per-file progress bars would print several lines for each model a command downloads.
+_QUIET_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 class TrackingError(PlantlibError):
@@ -53,9 +59,10 @@ def artifact_root_for(uri: str) -> Path | None:
 
 
 def _quiet_mlflow() -> None:
-    """No usage reports and short HTTP retries, unless the user chose otherwise; before MLflow is imported."""
+    """No usage reports, short HTTP retries and no download bars, unless the user chose otherwise; before MLflow is
+    imported."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name, value in _HTTP_DEFAULTS.items():
+    for name, value in _QUIET_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
 
@@ -68,7 +75,10 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
     except requests.RequestException as error:
-        raise TrackingError(f"tracking server {uri} is not reachable ({error.__class__.__name__})") from error
+        raise TrackingError(
+            f"tracking server {uri} is not reachable ({error.__class__.__name__}); start it, or point "
+            "--tracking-uri (or $MLFLOW_TRACKING_URI) at a running one"
+        ) from error
 
 
 class MlflowStore:
@@ -212,3 +222,94 @@ class MlflowStore:
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact}"
         version = self.client.create_model_version(name, source, run_id=run_id, description=description)
         return int(version.version)
+
+    def set_aliases(self, name: str, version: int | str, aliases: Iterable[str]) -> None:
+        """Point each alias of registered model `name` at `version` (an alias moves from the version it named)."""
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, str(version))
+
+    def model_version(self, name: str, version: str | None = None, alias: str | None = None) -> Any:
+        """Version `version` (or the one `alias` names) of registered model `name`; a TrackingError listing what
+        the registry holds when there is no such model, version or alias."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if alias is not None:
+                return self.client.get_model_version_by_alias(name, alias)
+            return self.client.get_model_version(name, str(version))
+        except MlflowException as error:
+            raise TrackingError(self._missing_version_message(name, version, alias)) from error
+
+    def _missing_version_message(self, name: str, version: str | None, alias: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            return f"no registered model {name!r} in {self.uri}; plantlib models lists them"
+        if alias is not None:
+            known = ", ".join(sorted(model.aliases)) or "none"
+            return (
+                f"model {name!r} has no alias {alias!r} (aliases: {known}); "
+                f"set it with plantlib register RUN --name {name} --alias {alias}"
+            )
+        versions = sorted(int(v.version) for v in self.model_versions(name))
+        return f"model {name!r} has no version {version} (versions: {', '.join(map(str, versions)) or 'none'})"
+
+    def registered_models(self) -> list[Any]:
+        """Every registered model (prompts excluded), all pages."""
+        models, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            models += [model for model in page if model.tags.get("mlflow.prompt.is_prompt") != "true"]
+            token = page.token
+            if not token:
+                return models
+
+    def model_versions(self, name: str | None = None) -> list[Any]:
+        """Every version of registered model `name` (None: of every model), all pages. MLflow's search leaves
+        their aliases out; the registered models carry them."""
+        versions, token = [], None
+        while True:
+            page = self.client.search_model_versions(max_results=10000, page_token=token)
+            versions += [version for version in page if name is None or version.name == name]
+            token = page.token
+            if not token:
+                return versions
+
+    def artifact_location(self, source: str) -> str:
+        """The storage URI a version's `source` names: `runs:/ID/PATH` and logged-model `models:/m-ID/PATH` are
+        followed to their run's or model's artifact location; any other URI is returned as it is."""
+        scheme, _, rest = source.partition(":/")
+        if scheme == "runs":
+            run_id, _, path = rest.lstrip("/").partition("/")
+            return f"{self.client.get_run(run_id).info.artifact_uri}/{path}".rstrip("/")
+        if scheme == "models" and rest.lstrip("/").startswith("m-"):
+            model_id, _, path = rest.lstrip("/").partition("/")
+            return f"{self.client.get_logged_model(model_id).artifact_location}/{path}".rstrip("/")
+        return source
+
+    def top_level_files(self, run_id: str) -> list[str]:
+        """The artifact paths of the files at the top of a run's artifacts (its record files when plantlib
+        tracked it)."""
+        return [item.path for item in self.client.list_artifacts(run_id) if not item.is_dir]
+
+    def download(self, uri: str, destination: Path) -> Path:
+        """Copy the file or folder at artifact `uri` (any scheme MLflow reads: s3://, mlflow-artifacts:/, runs:/,
+        file://) into the folder `destination`; the local path of the copy."""
+        import mlflow.artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(destination), tracking_uri=self.uri, registry_uri=self.uri
+        )
+        return Path(local)
+
+    def download_run_file(self, run_id: str, path: str, destination: Path) -> Path:
+        """Copy one artifact file of a run into the folder `destination`; the local path of the copy."""
+        import mlflow.artifacts
+
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(destination), tracking_uri=self.uri
+        )
+        return Path(local)

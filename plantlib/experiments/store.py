@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import http.client
 import os
+import re
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ TABLE_PARAMS = ("learning_rate", "batch_size", "image_size", "frozen_blocks", "e
 _FINAL_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}
 UI_HOST = "127.0.0.1"
 UI_READY_TIMEOUT_S = 300.0  # the server's start-up takes 5-20 s on a laptop
+ALIAS_PATTERN = re.compile(r"[\w-]+")  # MLflow's rule for a registered model's alias
 
 
 def _run_dir_of(path: Path) -> RunDir:
@@ -130,14 +133,33 @@ def registered_model_name(name: str) -> str:
     return trimmed
 
 
-def register_run(run: Path, name: str, tracking_uri: str | None = None) -> int:
+def alias_names(aliases: Sequence[str]) -> list[str]:
+    """`aliases` trimmed, or an error naming the bad one: MLflow takes letters, digits, '_' and '-', and keeps
+    'latest' and v<number> for itself (checked before a training run, not after it)."""
+    checked = []
+    for alias in aliases:
+        trimmed = alias.strip()
+        if not trimmed or not ALIAS_PATTERN.fullmatch(trimmed) or len(trimmed) > 255:
+            raise PlantlibError(
+                f"--alias {alias!r}: an alias is letters, digits, '_' and '-' (at most 255), e.g. --alias champion"
+            )
+        if trimmed.lower() == "latest" or re.fullmatch(r"[vV]\d+", trimmed):
+            raise PlantlibError(f"--alias {alias!r} is reserved by MLflow (latest, v<number>); choose another name")
+        checked.append(trimmed)
+    return checked
+
+
+def register_run(run: Path, name: str, tracking_uri: str | None = None, aliases: Sequence[str] = ()) -> int:
     """Register a run's best checkpoint as a new version of registered model `name` (trimmed, checked by
-    `registered_model_name`); the version number."""
-    name = registered_model_name(name)
+    `registered_model_name`) and point `aliases` at it; the version number."""
+    name, aliases = registered_model_name(name), alias_names(aliases)
     run_dir = _run_dir_of(run)
     find_checkpoint(run_dir.best_checkpoint)  # a clear error when the run has no best checkpoint
     store, run_id = tracked_run_id(run_dir.path, tracking_uri)
-    return store.register_version(name, run_id, f"checkpoint/{BEST_CHECKPOINT}", f"plantlib run {run_dir.name}")
+    artifact = f"checkpoint/{BEST_CHECKPOINT}"
+    version = store.register_version(name, run_id, artifact, f"plantlib run {run_dir.name}")
+    store.set_aliases(name, version, aliases)
+    return version
 
 
 def runs_table(

@@ -81,11 +81,17 @@ def member_checkpoints(path: Path) -> list[Path]:
     return [cv.path]
 
 
-def load_predictor(paths: Sequence[Path], device: str = "auto", engine: str = "auto", tta: bool = False) -> Predictor:
-    """One checkpoint as a `LoadedModel`; several, or a cross-validation directory, as an `Ensemble`."""
+def load_predictor(
+    paths: Sequence[Path], device: str = "auto", engine: str = "auto", tta: bool = False, calibrated: bool = True
+) -> Predictor:
+    """One checkpoint as a `LoadedModel`; several, or a cross-validation directory, as an `Ensemble` (each member
+    calibrated by its own temperature unless `calibrated=False`)."""
     paths = [Path(p) for p in paths]
     checkpoints = [checkpoint for path in paths for checkpoint in member_checkpoints(path)]
-    members = [load_model(checkpoint, device=device, engine=engine, tta=tta) for checkpoint in checkpoints]
+    members = [
+        load_model(checkpoint, device=device, engine=engine, tta=tta, calibrated=calibrated)
+        for checkpoint in checkpoints
+    ]
     if len(members) == 1:
         return members[0]
     from_cv = len(paths) == 1 and is_cv_dir(paths[0])

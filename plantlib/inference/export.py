@@ -1,9 +1,10 @@
 """Hand a trained model to someone else: a self-contained ONNX file and a model card (Markdown and HTML).
 
 The ONNX graph takes what any image library gives, uint8 RGB crops (N x 3 x H x W, 0-255), and returns class
-probabilities: scaling, the backbone's normalisation and the softmax are inside it, and the class names, input
-size and preprocessing are in its metadata. The card says what the model was trained on, how well it does
-(with confidence intervals and calibration), where it fails, and what it is for.
+probabilities: scaling, the backbone's normalisation, the calibration temperature and the softmax are inside it,
+and the class names, input size, preprocessing, temperature and conformal scores are in its metadata. The card
+says what the model was trained on, how well it does (with confidence intervals and calibration), where it
+fails, and what it is for.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def export_onnx(loaded: LoadedModel, path: Path) -> Path:
             "image_size": str(loaded.image_size),
             "resize_side": str(resize_side(loaded.image_size)),
             "input": "uint8 RGB, N x 3 x H x W: shorter side resized (antialiased) to resize_side, centre crop",
-            "output": "class probabilities (softmax), in class_names order",
+            "output": "class probabilities (softmax of logits / temperature), in class_names order",
             "backbone": loaded.config.backbone,
+            "temperature": repr(loaded.temperature),
+            "calibration": json_for_viewers(loaded.calibration or {"method": "none", "temperature": 1.0}),
         }
         for key, value in metadata.items():
             entry = graph.metadata_props.add()
@@ -128,7 +131,7 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
         f"- Macro F1 {_score(metrics, 'f1', 'f1_macro')}",
         f"- ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "- ROC AUC n/a",
         f"- Calibration: ECE {metrics.get('ece', float('nan')):.3f}, "
-        f"log loss {metrics.get('log_loss', float('nan')):.3f}",
+        f"log loss {metrics.get('log_loss', float('nan')):.3f}{_temperature_note(loaded)}",
         "",
         "The test split is small: intervals this wide mean differences of a few images are noise.",
         "",
@@ -142,6 +145,17 @@ def model_card(run_dir: Path, loaded: LoadedModel, failures: int = 8) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _temperature_note(loaded: LoadedModel) -> str:
+    """How the card's probabilities were calibrated, for its calibration line."""
+    calibration = loaded.calibration
+    if not calibration:
+        return " (no temperature scaling)"
+    return (
+        f" (temperature scaling, T = {loaded.temperature:.3f} fitted on {calibration.get('n')} "
+        f"{calibration.get('fitted_on', 'validation')} images)"
+    )
 
 
 def _training_lines(info: dict[str, Any], loaded: LoadedModel, classes: str) -> list[str]:

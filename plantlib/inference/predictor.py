@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plantlib.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from plantlib.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, store_calibration
 from plantlib.config import RunConfig
 from plantlib.data import DataWarning, DecodedImageCache, Normalization, eval_transform
 from plantlib.data.dataset import resize_side
@@ -23,10 +23,18 @@ from plantlib.data.images import ImageDecodeError, is_image_name
 from plantlib.data.names import as_text, file_in
 from plantlib.data.prepare import PreparedData, prepare_data
 from plantlib.data.scan import scan_dataset
-from plantlib.errors import ConfigError, DataError
+from plantlib.errors import ConfigError, DataError, PlantlibError
+from plantlib.evaluation.calibration import (
+    calibration_metrics,
+    temperature_calibration,
+    temperature_of,
+    uncalibrated_probabilities,
+)
+from plantlib.evaluation.conformal import check_coverage, prediction_sets, set_labels
 from plantlib.evaluation.metrics import (
     PROBABILITY_CLIP,
     compute_metrics,
+    predict_logits,
     predict_probabilities,
     predictions_frame,
     save_evaluation,
@@ -80,6 +88,18 @@ class LoadedModel:
     forward: Forward  # the model itself, or its OpenVINO compilation (see `plantlib.inference.engine`)
     engine: str = "torch"
     tta: bool = False  # test-time augmentation: average over the image and its mirror images (`with_flips`)
+    calibration: dict[str, Any] | None = None  # the checkpoint's entry when applied (`load_model(calibrated=True)`)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the model's logits are divided by (inside `model` and `forward`); 1 when uncalibrated."""
+        return temperature_of(self.calibration)
+
+    @property
+    def conformal_scores(self) -> np.ndarray | None:
+        """The validation images' conformal scores stored with the calibration (None when there are none)."""
+        scores = (self.calibration or {}).get("conformal_scores")
+        return np.asarray(scores, dtype=np.float64) if scores else None
 
     @property
     def run_dir(self) -> Path:
@@ -168,13 +188,21 @@ def with_flips(forward: Forward) -> Forward:
 
 
 def load_model(
-    checkpoint: Path, device: str = "auto", precision: str = "auto", engine: str = "auto", tta: bool = False
+    checkpoint: Path,
+    device: str = "auto",
+    precision: str = "auto",
+    engine: str = "auto",
+    tta: bool = False,
+    calibrated: bool = True,
 ) -> LoadedModel:
     """Rebuild the classifier stored in `checkpoint` (a .pt file or a run directory).
 
     `engine` picks the runtime for predictions: `auto` compiles the network with OpenVINO for fp32 CPU inference
     when it is installed (same logits, faster), `torch` keeps eager torch, `openvino` insists on OpenVINO.
     `tta` averages each prediction over the image and its mirror images (three forward passes, `with_flips`).
+    `calibrated` applies the checkpoint's temperature (`divide_logits`), so every path that runs the model (either
+    engine, heat maps, the ONNX export, serving) gives calibrated probabilities; a checkpoint without one, or
+    `calibrated=False`, gives the network's own.
     """
     path = find_checkpoint(Path(checkpoint))
     payload = load_checkpoint(path)
@@ -195,6 +223,8 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} does not match backbone {config.backbone}: {error}") from error
     if not folded:
         fuse_batchnorm(model.backbone)  # exact in evaluation mode, and faster
+    calibration = payload.get("calibration") if calibrated else None
+    divide_logits(model, temperature_of(calibration))
     model.to(target, memory_format=torch.channels_last).eval()
     norm = payload["normalization"]
     normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
@@ -212,7 +242,25 @@ def load_model(
         forward=forward,
         engine=engine_name,
         tta=tta,
+        calibration=calibration,
     )
+
+
+def divide_logits(model: Classifier, temperature: float) -> None:
+    """Fold temperature scaling into the head's last linear layer: (W x + b) / T is computed as (W / T) x + b / T.
+
+    Exact, and free at run time; unlike a wrapper module it leaves `model` a plain `Classifier`, so the OpenVINO
+    compilation, Grad-CAM and the ONNX export run the calibrated network with no change of their own.
+    """
+    if temperature == 1.0:
+        return
+    if not temperature > 0:
+        raise CheckpointError(f"calibration temperature {temperature} is not positive; recalibrate the checkpoint")
+    last = [module for module in model.head.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.div_(temperature)
+        if last.bias is not None:
+            last.bias.div_(temperature)
 
 
 def checkpoint_is_folded(payload: dict[str, Any]) -> bool:
@@ -247,15 +295,44 @@ def readable_images(paths: Sequence[Path], cache: DecodedImageCache) -> tuple[li
     return good, bad
 
 
-def predict_files(loaded: Predictor, paths: Sequence[Path], batch_size: int = 32) -> pd.DataFrame:
-    """Class probabilities for image files or folders of them; unreadable files are skipped with a warning."""
+def predict_files(
+    loaded: Predictor, paths: Sequence[Path], batch_size: int = 32, coverage: float | None = None
+) -> pd.DataFrame:
+    """Class probabilities for image files or folders of them; unreadable files are skipped with a warning.
+
+    With `coverage` (e.g. 0.9) a `prediction_set` column holds each image's conformal set ("dandelion|grass"),
+    built from the checkpoint's stored validation scores: it holds the true class at least that often.
+    """
+    scores = None
+    if coverage is not None:
+        coverage = check_coverage(coverage)
+        scores = stored_conformal_scores(loaded)
     cache = loaded.image_cache()
     with loaded.preprocessing_threads():
         files, _ = readable_images(paths, cache)
     if not files:
         raise DataError(f"no readable image among {[str(p) for p in paths]}; pass image files or folders of them")
     probs = loaded.probabilities(files, batch_size, cache)
-    return predictions_frame([as_text(f) for f in files], None, probs, loaded.class_names)
+    frame = predictions_frame([as_text(f) for f in files], None, probs, loaded.class_names)
+    if scores is not None:
+        frame["prediction_set"] = set_labels(prediction_sets(scores, probs, coverage), loaded.class_names)
+    return frame
+
+
+def stored_conformal_scores(loaded: Predictor) -> np.ndarray:
+    """The conformal scores `loaded` carries, or an error saying how to get some."""
+    if getattr(loaded, "tta", False):
+        raise ConfigError(
+            "prediction sets do not combine with test-time augmentation (the stored scores were made "
+            "without it); drop --tta or --coverage"
+        )
+    scores = getattr(loaded, "conformal_scores", None)
+    if scores is None:
+        raise PlantlibError(
+            f"{loaded.description} holds no conformal scores (prediction sets need one calibrated checkpoint, not an "
+            "ensemble, loaded with calibration on); retrain, or run: plantlib calibrate RUN_DIR"
+        )
+    return scores
 
 
 def run_data(loaded: Predictor) -> PreparedData:
@@ -265,6 +342,23 @@ def run_data(loaded: Predictor) -> PreparedData:
     if info.get("split_file") and Path(info["split_file"]).is_file():
         config = config.replace(split_file=info["split_file"], data_dir=info.get("data_dir", config.data_dir))
     return prepare_data(config.replace(new_split=False), show_progress=False)
+
+
+def calibrate_checkpoint(checkpoint: Path, device: str = "auto", engine: str = "auto") -> dict[str, Any]:
+    """(Re)fit a checkpoint's temperature and conformal scores on its run's validation split and store them in it
+    (atomically): for checkpoints saved before calibration existed. The test split is not read."""
+    loaded = load_model(Path(checkpoint), device=device, engine=engine, calibrated=False)
+    data = run_data(loaded)
+    if data.classes != loaded.class_names:
+        raise DataError(f"the data now has classes {data.classes}, the checkpoint {loaded.class_names}")
+    rows = data.frame("val")
+    if rows.empty:
+        raise DataError(f"the run of {loaded.checkpoint_path} has no validation images to calibrate on")
+    with loaded.preprocessing_threads():
+        logits = predict_logits(loaded.forward, loaded.batches(rows["file"].tolist()), loaded.device, loaded.dtype)
+    calibration = temperature_calibration(logits.numpy(), rows["target"].to_numpy())
+    store_calibration(loaded.checkpoint_path, calibration)
+    return calibration
 
 
 def inference_ms_per_image(run_dir: Path, max_images: int = 64, batch_size: int = 32) -> float:
@@ -316,6 +410,10 @@ def _evaluate(
         raise DataError(f"no images to evaluate in {out_dir or 'this selection'}")
     probs = loaded.probabilities(rows["file"].tolist())
     metrics = compute_metrics(rows["target"].to_numpy(), probs, loaded.class_names)
+    calibration = getattr(loaded, "calibration", None)
+    if calibration and not getattr(loaded, "tta", False):  # flips average calibrated probabilities: no way back
+        raw = uncalibrated_probabilities(probs, temperature_of(calibration))
+        metrics |= calibration_metrics(rows["target"].to_numpy(), raw, probs, calibration, loaded.class_names)
     frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, loaded.class_names)
     if out_dir is not None:
         metrics["files"] = {k: str(v) for k, v in save_evaluation(Path(out_dir), metrics, frame, prefix).items()}

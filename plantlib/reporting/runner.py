@@ -27,7 +27,7 @@ from plantlib.paths import notebooks_dir, reports_dir
 from plantlib.reporting.index import Invocation, NotebookRun, start_invocation
 from plantlib.reporting.notebook import SUMMARY_ENV, check_parameters, declared_parameters, notebook_paths
 
-NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune")
+NOTEBOOKS = ("01_explore", "02_train", "03_evaluate", "04_compare_backbones", "05_tune", "06_audit")
 KERNEL_START_ATTEMPTS = 3  # a kernel that dies before its first reply is started again
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,17 @@ from typing import Any
 
 import torch
 
-from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from plantlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_calibration
 from plantlib.config import RunConfig
-from plantlib.data import DecodedImageCache, PreparedData
+from plantlib.data import DataWarning, DecodedImageCache, PreparedData
 from plantlib.distributed import barrier, broadcast
 from plantlib.errors import DiskFullError, PlantlibError
+from plantlib.evaluation.calibration import (
+    apply_temperature,
+    calibration_metrics,
+    temperature_calibration,
+    temperature_of,
+)
 from plantlib.evaluation.metrics import compute_metrics, predictions_frame, save_evaluation, softmax_probabilities
 from plantlib.processes import this_process
 from plantlib.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, RunDir, read_run_info
@@ -189,6 +196,7 @@ class Trainer:
                         f"{self.stopping.bad_epochs} epochs"
                     )
                     break
+            self.calibrate()
             if evaluate_test:
                 self.test_metrics = self.test()
         except BaseException as error:
@@ -312,15 +320,43 @@ class Trainer:
         return trainer
 
     # -- after training ------------------------------------------------------------------------------------
+    def calibrate(self) -> None:
+        """Fit temperature scaling and the conformal scores on the validation split with best.pt's weights and store
+        them in best.pt (`calibration`), before the test split is looked at. With no validation image best.pt stays
+        uncalibrated, and a warning says so."""
+        parts = self.parts
+        barrier(parts.dist)
+        best_file = RunDir(self.run_dir).best_checkpoint
+        targets = parts.loaders.targets["val"]
+        if len(targets) == 0:
+            if self.is_main_process:
+                warnings.warn(
+                    "the validation split is empty, so best.pt stays uncalibrated (temperature 1, no prediction "
+                    "sets); give the run validation images (val_fraction) to calibrate it",
+                    DataWarning,
+                    stacklevel=2,
+                )
+            return
+        self.model.load_state_dict(load_checkpoint(best_file, map_location=parts.device)["model"])
+        logits = self.split_logits("val")
+        if self.is_main_process:
+            store_calibration(best_file, temperature_calibration(logits.numpy(), targets.cpu().numpy()))
+        barrier(parts.dist)
+
     def test(self) -> dict[str, Any]:
-        """Evaluate `best.pt` on the test split; save metrics and per-image predictions in the run dir."""
+        """Evaluate `best.pt` on the test split with its calibration; save metrics (the uncalibrated ECE and log
+        loss beside them) and per-image predictions in the run dir."""
         parts = self.parts
         barrier(parts.dist)
         best = load_checkpoint(RunDir(self.run_dir).best_checkpoint, map_location=parts.device)
         self.model.load_state_dict(best["model"])
-        probs = softmax_probabilities(self.split_logits("test"))
+        logits = self.split_logits("test")
+        raw = softmax_probabilities(logits)
+        calibration = best.get("calibration")
+        probs = apply_temperature(logits.numpy(), temperature_of(calibration)) if calibration else raw
         rows = parts.loaders.rows["test"]
         metrics = compute_metrics(rows["target"].to_numpy(), probs, self.classes)
+        metrics |= calibration_metrics(rows["target"].to_numpy(), raw, probs, calibration, self.classes)
         if self.is_main_process:
             frame = predictions_frame(rows["path"].tolist(), rows["target"].to_numpy(), probs, self.classes)
             save_evaluation(self.run_dir, metrics, frame)
