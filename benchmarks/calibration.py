@@ -9,6 +9,10 @@ overall and per class. Synthetic: how often the verdict claims a change for a mo
 (T fitted on one draw, judged on another: A/A), and how often it finds the gain on an over-confident one.
 
     python -m benchmarks.calibration [--splits 200] [--draws 1000] [--recipes default,mixup-96px,head-64px]
+                                     [--cv-recipes mixup-96px] [--folds 5]
+
+A recipe in --cv-recipes is also cross-validated: pooled out-of-fold ECE and log loss before/after (n = the pool,
+each fold's T fitted on its own early-stopping part), and conformal coverage over re-splits of those predictions.
 
 Writes artifacts/bench/calibration.md; training takes a few minutes per recipe on 2 CPU cores.
 """
@@ -58,6 +62,53 @@ def recipe_run(changes: dict[str, Any]) -> Path:
     from plantlib.training.trainer import Trainer
 
     return Trainer.build(bench_config(tracking="off", **changes), show_progress=False).fit().run_dir
+
+
+def cv_rows(name: str, folds: int, splits: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pooled out-of-fold calibration of a `folds`-fold CV of the recipe (each fold's T fitted on its own
+    early-stopping split, n = the pool), and 90% sets over calibration/test re-splits of those predictions, which
+    no model selection touched. Finished CVs under artifacts/bench/cv are reused (content key)."""
+    import torch
+
+    from plantlib.evaluation.calibration import compare_calibration
+    from plantlib.experiments.cv import cross_validate
+
+    config = bench_config(tracking="off", **RECIPES[name]).replace(output_dir=str(BENCH_DIR / "cv"))
+    result = cross_validate(config, folds=folds, quiet=True, show_progress=False)
+    before, after, targets = [], [], []
+    classes = [column[2:] for column in result.oof.columns if column.startswith("p_")]
+    for row in result.folds.itertuples():
+        payload = torch.load(Path(row.run_dir) / "best.pt", map_location="cpu", weights_only=True)
+        part = result.oof[(result.oof["fold"] == row.fold) & (result.oof["repeat"] == row.repeat)]
+        y, probs = arrays_from_predictions(part, classes)
+        after.append(probs)
+        before.append(uncalibrated_probabilities(probs, (payload.get("calibration") or {}).get("temperature", 1.0)))
+        targets.append(y)
+    y, raw, calibrated = np.concatenate(targets), np.concatenate(before), np.concatenate(after)
+    summary = compare_calibration(y, raw, calibrated)
+    change = summary["log_loss_change"]
+    low, high = change["ci95"]
+    calibration_row = {
+        "recipe": f"{name}, {folds}-fold CV pooled",
+        "n": summary["n"],
+        **{
+            f"{key} {when}": with_ci(summary[when][key], summary[when]["ci95"][key])
+            for key in ("ece", "log_loss")
+            for when in ("before", "after")
+        },
+        "log-loss change (95% CI)": f"{change['difference']:+.3f} ({low:+.3f} to {high:+.3f})",
+        "verdict": change["verdict"],
+    }
+    coverage = resplit_coverage(calibrated, y, DEFAULT_COVERAGE, splits=splits, seed=0)
+    set_row = {
+        "recipe": f"{name}, {folds}-fold CV pooled",
+        "re-splits": splits,
+        "n (cal / test)": f"{coverage['n_calibration']} / {coverage['n_test']}",
+        "coverage (mean ± se)": f"{coverage['coverage']:.4f} ± {coverage['coverage_sem']:.4f}",
+        "mean set size": f"{coverage['mean_set_size']:.3f} ± {coverage['mean_set_size_sem']:.4f}",
+        **{f"coverage {classes[k]}": f"{v['coverage']:.3f}" for k, v in coverage["per_class"].items()},
+    }
+    return calibration_row, set_row
 
 
 def recipe_row(name: str, run: Path) -> dict[str, Any]:
@@ -157,6 +208,8 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=200, help="calibration/test re-splits for coverage")
     parser.add_argument("--draws", type=int, default=1000, help="synthetic draws for the verdict's error rate")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
+    parser.add_argument("--cv-recipes", default="mixup-96px", help="recipes also cross-validated (pooled n); '' none")
+    parser.add_argument("--folds", type=int, default=5, help="folds of those cross-validations")
     args = parser.parse_args()
     started = time.perf_counter()
     synthetic = pd.DataFrame(synthetic_rows(args.draws))
@@ -167,10 +220,15 @@ def main() -> None:
         recipes.append(recipe_row(name, run))
         sets += set_rows(name, run, args.splits)
         print(f"{name}: {run}", flush=True)
+    pooled = [cv_rows(name, args.folds, args.splits * 10) for name in filter(None, args.cv_recipes.split(","))]
     sections = [
         f"# Calibration and conformal sets ({platform.node()}, {time.perf_counter() - started:.0f} s wall)",
         "## Temperature scaling on the test split (95% CIs)",
         markdown_table(pd.DataFrame(recipes)),
+        "## Temperature scaling on pooled out-of-fold predictions (each fold's T from its own validation part)",
+        markdown_table(pd.DataFrame([row for row, _ in pooled])) if pooled else "(none: --cv-recipes '')",
+        f"## {DEFAULT_COVERAGE:.0%} conformal sets on pooled out-of-fold predictions, re-split calibration/test",
+        markdown_table(pd.DataFrame([row for _, row in pooled])) if pooled else "(none)",
         f"## {DEFAULT_COVERAGE:.0%} conformal prediction sets",
         markdown_table(pd.DataFrame(sets)),
         "## The paired log-loss verdict on synthetic models (exact 95% CIs of the rate)",

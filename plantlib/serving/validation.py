@@ -21,6 +21,7 @@ from starlette.requests import Request
 from plantlib.data import DecodedImageCache
 from plantlib.data.images import ImageDecodeError
 from plantlib.errors import PlantlibError
+from plantlib.io import atomic_write
 from plantlib.serving.model import ServedModel
 
 RAW_TYPES_BESIDES_IMAGE = ("application/octet-stream",)  # what curl --data-binary and many clients send
@@ -116,7 +117,7 @@ def prepare_uploads(model: ServedModel, uploads: list[Upload], folder: Path) -> 
         if not upload.data:
             raise RequestError(400, f"{upload.name} is empty (0 bytes); send the image's bytes")
         path = Path(folder) / f"{number}.upload"
-        path.write_bytes(upload.data)
+        atomic_write(path, lambda handle, data=upload.data: handle.write(data), mode="wb")
         try:
             cache.get(path)
         except ImageDecodeError as error:
