@@ -3,6 +3,7 @@ concurrent clients, and refuses every kind of bad input with a 4xx and a one-lin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -72,25 +73,33 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
     return result.run_dir, sorted(data.rglob("*.jpg"))
 
 
-@pytest.fixture(scope="module")
-def server(trained: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    run_dir, images = trained
-    port, log = free_port(), tmp_path_factory.mktemp("server") / "serve.log"
+@contextlib.contextmanager
+def serving(source: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """`plantlib serve SOURCE` on a free port in its own session, its output in `log`: (process, URL, the /health
+    statuses seen while it got ready); stopped by SIGTERM to its PID afterwards."""
+    port = free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "plantlib", "serve", str(run_dir), "--port", str(port)],
+            [sys.executable, "-m", "plantlib", "serve", str(source), "--port", str(port)],
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        seen = wait_until_ready(process, url, log)
-        yield Server(url, run_dir, images, process, log, seen)
+        yield process, url, wait_until_ready(process, url, log)
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    run_dir, images = trained
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with serving(run_dir, log) as (process, url, seen):
+        yield Server(url, run_dir, images, process, log, seen)
     assert process.returncode in (0, -signal.SIGTERM), log.read_text()  # uvicorn shuts down, then re-raises
     assert "Traceback" not in log.read_text()
 

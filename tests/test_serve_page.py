@@ -3,10 +3,6 @@ text file named .jpg and see the server's reason. Nothing is fetched from outsid
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +10,7 @@ import pytest
 
 from plantlib.training.trainer import Trainer
 from tests.conftest import CHROMIUM, requires_chromium, tiny_config, write_dataset
-from tests.test_serve import free_port, wait_until_ready
+from tests.test_serve import serving
 
 pytestmark = requires_chromium
 
@@ -24,21 +20,8 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     root = tmp_path_factory.mktemp("page")
     data = write_dataset(root / "images", {"dandelion": 12, "grass": 12}, size=(120, 96))
     run_dir = Trainer.build(tiny_config(data, root / "runs", epochs=1), show_progress=False).fit().run_dir
-    port, log = free_port(), root / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "plantlib", "serve", str(run_dir), "--port", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, url, log)
+    with serving(run_dir, root / "serve.log") as (_, url, _):
         yield url, data
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_the_page_predicts_a_photo_and_explains_a_text_file_refusal(
